@@ -1,0 +1,70 @@
+"""Configs: loading, overrides, and one-line errors with exit code 2 for every bad input."""
+import pytest
+
+from conftest import CONFIGS
+from toytasks.cli import main
+from toytasks.config import load_config
+
+GROKKING = str(CONFIGS / "grokking.yaml")
+
+
+def test_grokking_config_is_the_seed_notebooks():
+    c = load_config(GROKKING)
+    assert (c.task.p, c.task.frac_train, c.task.data_seed, c.model_seed) == (113, 0.3, 598, 999)
+    m = c.model
+    assert (m.n_layers, m.d_model, m.n_heads, m.d_head, m.d_mlp, m.act_fn) == (1, 128, 4, 32, 512, "relu")
+    assert m.normalization is None and m.freeze_biases
+    assert (c.optim.lr, c.optim.weight_decay, c.optim.betas) == (1e-3, 1.0, (0.9, 0.98))
+    assert c.batch_size is None and c.max_steps == 25000 and c.checkpoints.every == 100
+    assert c.experiment == "grokking"
+
+
+def test_overrides_are_typed_and_nested():
+    c = load_config(GROKKING, ["optim.lr=3e-3", "task.p=53", "optim.betas=[0.9,0.95]", "model.seed=5"])
+    assert c.optim.lr == 3e-3 and c.task.p == 53 and c.optim.betas == (0.9, 0.95)
+    assert c.model_seed == 5 and c.seed == 999
+    assert c.task.d_vocab == 54 and c.task.d_vocab_out == 53  # derived, never stale
+
+
+def test_run_id_is_a_hash_plus_seed_and_ignores_out_dir():
+    a, b = load_config(GROKKING), load_config(GROKKING, ["out_dir=/elsewhere"])
+    assert a.run_id == b.run_id and a.run_id.endswith("-s999")
+    assert load_config(GROKKING, ["optim.lr=3e-3"]).run_id != a.run_id
+
+
+def test_yaml_round_trip(tmp_path):
+    c = load_config(GROKKING, ["seed=0"])  # seed 0 is a seed, not "unset"
+    path = tmp_path / "again.yaml"
+    path.write_text(c.to_yaml())
+    assert load_config(path) == c and load_config(path).model_seed == 0
+
+
+@pytest.mark.parametrize("args, field", [
+    ([GROKKING, "colour=red"], "colour: unknown key"),
+    ([GROKKING, "model.colour=red"], "model.colour: unknown key"),
+    ([GROKKING, "task.name=sorting"], "task.name: unknown task 'sorting'"),
+    ([GROKKING, "task.p=1"], "task.p: must be at least 2"),
+    ([GROKKING, "task.frac_train=1.0"], "task.frac_train: must be strictly between 0 and 1"),
+    ([GROKKING, "task.frac_train=0"], "task.frac_train: must be strictly between 0 and 1"),
+    ([GROKKING, "max_steps=0"], "max_steps: must be at least 1"),
+    ([GROKKING, "max_steps=-5"], "max_steps: must be at least 1"),
+    ([GROKKING, "max_steps=abc"], "max_steps: expected an integer, got 'abc'"),
+    ([GROKKING, "optim.lr=-1"], "optim.lr: must be positive"),
+    ([GROKKING, "model.attention=sideways"], "model.attention: must be one of causal, bidirectional"),
+    ([GROKKING, "checkpoints.steps=[99999]"], "checkpoints.steps: step 99999 is past max_steps"),
+    ([GROKKING, "nonsense"], "expected key=value"),
+    (["no/such/file.yaml"], "no/such/file.yaml: config file not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, field, capsys):
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and field in err
+    assert "Traceback" not in err
+
+
+def test_invalid_yaml_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("seed: [1, 2\nmax_steps: 3\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad}: not valid YAML" in err

@@ -1,0 +1,220 @@
+"""Typed, validated experiment configs: one YAML file per experiment plus `key=value` overrides.
+
+A config is a tree of frozen dataclasses. `__post_init__` only validates: values that depend on
+other values (the model seed when it is left empty, the vocabulary size) are resolved where they
+are used, so an override can never leave a stale derived value behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError, ToytasksError
+from .schema import build, to_plain
+from .tasks import Task, task_from_config
+
+NORMALIZATIONS = (None, "LN", "LNPre", "RMS", "RMSPre")
+ATTENTION = ("causal", "bidirectional")
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "solu")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    n_layers: int = 1
+    """Transformer blocks."""
+    d_model: int = 128
+    """Residual stream width."""
+    n_heads: int = 4
+    """Attention heads per layer."""
+    d_head: int = 32
+    """Width of each head."""
+    d_mlp: int = 512
+    """MLP hidden width (unused when attn_only)."""
+    act_fn: str = "relu"
+    """MLP activation: relu, gelu, gelu_new, silu or solu."""
+    normalization: Optional[str] = None
+    """null (none), LN, LNPre, RMS or RMSPre."""
+    attention: str = "causal"
+    """causal, or bidirectional (every position sees every other)."""
+    attn_only: bool = False
+    """No MLP layers."""
+    freeze_biases: bool = False
+    """Keep every bias at its initial value, zero (the grokking seed does this)."""
+    zero_pos_embed: bool = False
+    """Positional embeddings set to zero and frozen (the no-position experiment)."""
+    seed: Optional[int] = None
+    """Seed of the weight initialisation; null means the run's top-level seed."""
+
+    def __post_init__(self):
+        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        _check_choice("act_fn", self.act_fn, ACTIVATIONS)
+        _check_choice("normalization", self.normalization, NORMALIZATIONS)
+        _check_choice("attention", self.attention, ATTENTION)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 1.0
+    """AdamW's decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW's betas."""
+    warmup_steps: int = 0
+    """Linear warmup: lr * min(step / warmup_steps, 1); 0 for none."""
+    grad_clip: Optional[float] = None
+    """Clip the gradient norm to this value; null for no clipping."""
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ConfigError("lr", f"must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError("weight_decay", f"must be non-negative, got {self.weight_decay}")
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                raise ConfigError(f"betas[{i}]", f"must be in [0, 1), got {beta}")
+        if self.warmup_steps < 0:
+            raise ConfigError("warmup_steps", f"must be non-negative, got {self.warmup_steps}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError("grad_clip", f"must be positive or null, got {self.grad_clip}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100
+    """Save the weights every this many steps (step 0 and the last step are always saved)."""
+    log_spaced: bool = False
+    """Also save at steps 1, 2, 4, 8, ... below `every` (for the fast early dynamics)."""
+    steps: list[int] = dataclasses.field(default_factory=list)
+    """Extra steps to save at."""
+    resume_every: int = 1000
+    """Write the resumable checkpoint (weights + optimizer) every this many steps and at the end."""
+
+    def __post_init__(self):
+        if self.every < 1:
+            raise ConfigError("every", f"must be at least 1, got {self.every}")
+        if self.resume_every < 1:
+            raise ConfigError("resume_every", f"must be at least 1, got {self.resume_every}")
+        for i, step in enumerate(self.steps):
+            if step < 0:
+                raise ConfigError(f"steps[{i}]", f"must be non-negative, got {step}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    task: Task
+    """The task and its hyperparameters: `{name: modular_addition, p: 113, ...}`."""
+    max_steps: int
+    """Optimizer steps to train for."""
+    seed: int = 0
+    """The run's seed: data sampling, and the model's initialisation unless model.seed is set."""
+    out_dir: str = "checkpoints"
+    """Root of the run directories: OUT_DIR/<experiment>/<run_id>/."""
+    experiment: str = "default"
+    """Name of the experiment (the YAML file's name unless given)."""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    checkpoints: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    batch_size: Optional[int] = None
+    """Examples per step; null trains on the whole train split every step (full batch)."""
+    eval_every: int = 1
+    """Compute the test loss and accuracy every this many steps (the seed does it every step)."""
+    log_every: int = 100
+    """Copy the metrics from the device and write them out every this many steps."""
+
+    def __post_init__(self):
+        if self.max_steps < 1:
+            raise ConfigError("max_steps", f"must be at least 1, got {self.max_steps}")
+        for name in ("eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError("batch_size", f"must be at least 1 or null, got {self.batch_size}")
+        late = [s for s in self.checkpoints.steps if s > self.max_steps]
+        if late:
+            raise ConfigError("checkpoints.steps", f"step {late[0]} is past max_steps={self.max_steps}")
+        if not self.experiment or "/" in self.experiment:
+            raise ConfigError("experiment", f"must be a non-empty name without '/', got {self.experiment!r}")
+
+    @property
+    def model_seed(self) -> int:
+        return self.seed if self.model.seed is None else self.model.seed
+
+    def to_dict(self) -> dict[str, Any]:
+        data = to_plain(self)
+        data["task"] = {"name": self.task.name, **data["task"]}
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def run_id(self) -> str:
+        """A short hash of everything that changes the result, plus the seed; never the clock."""
+        identity = {k: v for k, v in self.to_dict().items() if k != "out_dir"}
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{digest}-s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.experiment / self.run_id
+
+
+def config_from_dict(data: Any) -> Config:
+    """Validate plain data (a parsed YAML file) into a Config."""
+    if not isinstance(data, dict):
+        raise ConfigError("", f"a config must be a mapping of fields, got {type(data).__name__}")
+    task = task_from_config(data.get("task"))
+    return build(Config, {**data, "task": task})
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config, apply `key=value` overrides (dotted keys, YAML values), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToytasksError(f"{path}: config file not found")
+    data = read_yaml(path)
+    data.setdefault("experiment", path.stem)
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping as plain data. OmegaConf's loader reads `1e-3` as a number (PyYAML: a string)."""
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError) as error:
+        raise ToytasksError(f"{path}: not valid YAML ({_first_line(error)})") from None
+    if not isinstance(data, dict):
+        raise ToytasksError(f"{path}: expected a mapping of config fields at the top level")
+    return data
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Merge `a.b=value` strings into nested data; values are parsed as YAML."""
+    for item in overrides:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ToytasksError(f"override {item!r}: expected key=value, e.g. optim.lr=3e-3")
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_container(merged, resolve=True)
+    except (OmegaConfBaseException, ValueError, TypeError) as error:
+        raise ToytasksError(f"overrides {list(overrides)}: {_first_line(error)}") from None
+
+
+def _check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise ConfigError(field, f"must be one of {shown}, got {value!r}")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,17 @@
+"""The one exception type a user sees: the CLI prints it as a one-line error and exits with 2."""
+
+
+class ToytasksError(Exception):
+    """A problem with what the user asked for (a config, a file, a run directory)."""
+
+
+class ConfigError(ToytasksError):
+    """A config value that cannot be accepted. `field` is its dotted path, e.g. `task.p`."""
+
+    def __init__(self, field: str, message: str):
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}" if field else message)
+
+    def within(self, prefix: str) -> "ConfigError":
+        """The same error with its field path prefixed by the enclosing section."""
+        return ConfigError(f"{prefix}.{self.field}" if self.field else prefix, self.message)

@@ -1,0 +1,69 @@
+"""The task contract: what every task provides so that one LightningModule can train on it.
+
+A task is a frozen dataclass of its own hyperparameters, registered by name with `@register`.
+It derives `d_vocab`, `d_vocab_out` and `n_ctx` from them (never stored in the config), and
+produces batches as dicts of tensors:
+
+    tokens          [batch, pos]  int64, the model's input
+    targets         [batch, pos]  int64, the answer at each position; -100 = not scored
+    attention_mask  [batch, pos]  optional; 1 = attend, 0 = padding (bidirectional tasks)
+
+A finite task enumerates its data once (`make_dataset`, a `datasets.DatasetDict` with `train` and
+`test` splits holding at least `tokens` and `targets` columns). An infinite task draws batches on
+the device (`sample(n, generator)`), using only the generator it is given.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+
+IGNORE = -100  # targets equal to this are not scored (PyTorch's cross_entropy convention)
+BATCH_KEYS = ("tokens", "targets", "attention_mask")
+
+TASKS: dict[str, type["Task"]] = {}
+
+
+def register(cls: type["Task"]) -> type["Task"]:
+    """Class decorator: make a task available to configs under `cls.name`."""
+    if not cls.name or cls.name in TASKS:
+        raise ValueError(f"task name {cls.name!r} is empty or taken")
+    TASKS[cls.name] = cls
+    return cls
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: ClassVar[str] = ""
+    finite: ClassVar[bool] = True
+    # Positions whose targets can be scored. The loss and accuracy look only at these, so a task
+    # answering at one position does not pay for a float64 log-softmax at every position.
+    scored_positions: ClassVar[slice] = slice(None)
+
+    @property
+    def d_vocab(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def d_vocab_out(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def n_ctx(self) -> int:
+        raise NotImplementedError
+
+    def make_dataset(self):
+        """Finite tasks: the whole enumeration, split, as a `datasets.DatasetDict`."""
+        raise NotImplementedError(f"{self.name} is not a finite task")
+
+    def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Infinite tasks: n fresh examples on the generator's device."""
+        raise NotImplementedError(f"{self.name} is not a sampled task")
+
+
+def batch_from_split(split, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a stored split (all rows at once), on `device`."""
+    columns = [k for k in BATCH_KEYS if k in split.column_names]
+    table = split.with_format("torch", columns=columns)[:]
+    return {k: table[k].to(device=device, dtype=torch.long) for k in columns}
