@@ -1,0 +1,52 @@
+"""Endless training batches that live on the model's device.
+
+No DataLoader workers and no host-to-device copy per step: a finite task's train split is moved
+to the device once and either served whole (full batch) or sampled from with a seeded
+`torch.Generator`; an infinite task draws each batch on the device from its own generator.
+The generator's state is part of the resumable checkpoint, so a resumed run sees the same data.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+
+from .tasks import Task
+
+Batch = dict[str, torch.Tensor]
+
+
+class TrainBatches:
+    """An iterable of `n_steps` batches for Lightning's fit loop (which stops at max_steps)."""
+
+    def __init__(self, task: Task, n_steps: int, batch_size: Optional[int], seed: int,
+                 device: torch.device, train_split: Optional[Batch] = None):
+        if task.finite and train_split is None:
+            raise ValueError("a finite task needs its train split")
+        if not task.finite and batch_size is None:
+            raise ValueError(f"{task.name} samples its data: set batch_size")
+        self.task, self.n_steps, self.batch_size = task, n_steps, batch_size
+        self.train_split = train_split
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n_steps
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            yield self.next_batch()
+
+    def next_batch(self) -> Batch:
+        if not self.task.finite:
+            return self.task.sample(self.batch_size, self.generator)
+        if self.batch_size is None:
+            return self.train_split
+        n = len(self.train_split["tokens"])
+        index = torch.randint(n, (self.batch_size,), generator=self.generator, device=self.generator.device)
+        return {k: v[index] for k, v in self.train_split.items()}
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,88 @@
+"""A trained run as notebooks see it: `run = load_run(path)`.
+
+    run.config      the resolved Config the run was trained with
+    run.task        its task (`run.task.p`, `run.task.make_dataset()`, ...)
+    run.dataset     the stored DatasetDict (train / test), or None for sampled tasks
+    run.steps       the sorted steps of the checkpoint series
+    run.model_at(s) a TransformerBridge with the weights after s steps (CPU, eval mode)
+    run.metrics     a pandas DataFrame: a `step` column and one column per metric
+"""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .config import Config, config_from_dict, read_yaml
+from .errors import ToytasksError
+from .model import apply_frozen_parts, build_model
+from .series import SERIES_DIR, series_path
+from .train import DATA_DIR
+
+_STEP_FILE = re.compile(r"step_(\d+)\.safetensors$")
+
+
+class Run:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "config.yaml").is_file():
+            raise ToytasksError(f"{self.path}: not a run directory (no config.yaml)")
+        self.config: Config = config_from_dict(read_yaml(self.path / "config.yaml"))
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, task={self.task.name}, steps={len(self.steps)})"
+
+    @property
+    def task(self):
+        return self.config.task
+
+    @functools.cached_property
+    def dataset(self):
+        if not self.task.finite:
+            return None
+        from datasets import load_from_disk
+
+        return load_from_disk(str(self.path / DATA_DIR))
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps with a complete series file (temporary files of a crashed write are ignored)."""
+        files = (self.path / SERIES_DIR).glob("step_*.safetensors")
+        return sorted(int(m.group(1)) for f in files if (m := _STEP_FILE.match(f.name)))
+
+    def model_at(self, step: int):
+        """The model after `step` optimizer steps, on the CPU, in eval mode."""
+        path = series_path(self.path, step)
+        if not path.exists():
+            raise ToytasksError(f"{path}: no checkpoint at step {step}; saved steps: "
+                                f"{_abbreviate(self.steps)}")
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise ToytasksError(f"{path}: unreadable checkpoint ({error})") from None
+        model = build_model(self.config.model, self.task, seed=self.config.model_seed)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()
+            raise ToytasksError(f"{path}: does not fit this run's model config ({' '.join(first[:2])})") from None
+        apply_frozen_parts(model, self.config.model)
+        return model.eval()
+
+    @property
+    def metrics(self):
+        import pandas as pd
+
+        return pd.read_csv(self.path / "metrics.csv")
+
+
+def load_run(path: str | Path) -> Run:
+    return Run(path)
+
+
+def _abbreviate(steps: list[int]) -> str:
+    return str(steps) if len(steps) <= 8 else f"[{steps[0]}, {steps[1]}, ..., {steps[-1]}] ({len(steps)})"
