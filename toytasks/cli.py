@@ -21,6 +21,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # Options may follow the overrides (`toytasks train c.yaml lr=1 --resume`): argparse leaves
     # the overrides after an option unparsed, so collect them here.
+    measure = commands.add_parser("measure", help="recompute the progress measures over a saved series")
+    measure.add_argument("run_dir")
+    measure.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    plot = commands.add_parser("plot", help="write PNG figures into RUN_DIR/plots/")
+    plot.add_argument("run_dir")
+
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
@@ -30,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "measure":
+            return _measure(args)
+        if args.command == "plot":
+            return _plot(args)
     except ToytasksError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -43,6 +54,24 @@ def _train(args) -> int:
     config = load_config(args.config, args.overrides)
     run_dir = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"run: {run_dir}")
+    return 0
+
+
+def _measure(args) -> int:
+    from .measures.offline import measure_run
+    from .run import load_run
+
+    names = measure_run(load_run(args.run_dir), progress=not args.no_progress)
+    print(f"wrote {len(names)} measures into {args.run_dir}/metrics.csv")
+    return 0
+
+
+def _plot(args) -> int:
+    from .plots import plot_run
+    from .run import load_run
+
+    for path in plot_run(load_run(args.run_dir)):
+        print(path)
     return 0
 
 

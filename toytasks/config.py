@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError, ToytasksError
+from .measures.fourier import FourierConfig, check_applies as check_fourier_applies
 from .schema import build, to_plain
 from .tasks import Task, task_from_config
 
@@ -110,6 +111,14 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeasuresConfig:
+    """Progress measures computed during training; a measure left null is off."""
+
+    fourier: Optional[FourierConfig] = None
+    """Modular addition's Fourier measures (restricted / excluded loss, key frequencies, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     task: Task
     """The task and its hyperparameters: `{name: modular_addition, p: 113, ...}`."""
@@ -124,6 +133,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     checkpoints: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    measures: MeasuresConfig = dataclasses.field(default_factory=MeasuresConfig)
     batch_size: Optional[int] = None
     """Examples per step; null trains on the whole train split every step (full batch)."""
     eval_every: int = 1
@@ -142,6 +152,8 @@ class Config:
         late = [s for s in self.checkpoints.steps if s > self.max_steps]
         if late:
             raise ConfigError("checkpoints.steps", f"step {late[0]} is past max_steps={self.max_steps}")
+        if self.measures.fourier is not None:
+            check_fourier_applies(self.task, self.model)
         if not self.experiment or "/" in self.experiment:
             raise ConfigError("experiment", f"must be a non-empty name without '/', got {self.experiment!r}")
 

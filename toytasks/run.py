@@ -10,20 +10,16 @@
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .config import Config, config_from_dict, read_yaml
 from .errors import ToytasksError
 from .model import apply_frozen_parts, build_model
-from .series import SERIES_DIR, series_path
+from .series import saved_steps, series_path
 from .train import DATA_DIR
-
-_STEP_FILE = re.compile(r"step_(\d+)\.safetensors$")
 
 
 class Run:
@@ -50,9 +46,8 @@ class Run:
 
     @property
     def steps(self) -> list[int]:
-        """Steps with a complete series file (temporary files of a crashed write are ignored)."""
-        files = (self.path / SERIES_DIR).glob("step_*.safetensors")
-        return sorted(int(m.group(1)) for f in files if (m := _STEP_FILE.match(f.name)))
+        """Steps with a complete series file."""
+        return saved_steps(self.path)
 
     def model_at(self, step: int):
         """The model after `step` optimizer steps, on the CPU, in eval mode."""

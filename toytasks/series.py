@@ -7,6 +7,7 @@ truncated file under a final name.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,7 @@ from safetensors.torch import save_file
 from .config import CheckpointConfig
 
 SERIES_DIR = "series"
+_STEP_FILE = re.compile(r"step_(\d+)\.safetensors")
 RESUMABLE = "last.ckpt"
 
 
@@ -32,6 +34,12 @@ def checkpoint_steps(cfg: CheckpointConfig, max_steps: int) -> list[int]:
 
 def series_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / SERIES_DIR / f"step_{step:06d}.safetensors"
+
+
+def saved_steps(run_dir: str | Path) -> list[int]:
+    """Steps with a complete series file (a crashed write leaves only a hidden .tmp file)."""
+    files = (Path(run_dir) / SERIES_DIR).glob("step_*.safetensors")
+    return sorted(int(m.group(1)) for f in files if (m := _STEP_FILE.fullmatch(f.name)))
 
 
 def write_atomically(path: Path, write) -> None:

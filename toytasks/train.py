@@ -62,7 +62,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, progres
             logger=[TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False,
                                       purge_step=start_step or None), table],
             callbacks=[CheckpointSeries(run_dir, checkpoint_steps(config.checkpoints, config.max_steps)),
-                       ResumableCheckpoint(run_dir, config.checkpoints.resume_every, config.max_steps)]
+                       ResumableCheckpoint(run_dir, config.checkpoints.resume_every, config.max_steps),
+                       *measure_callbacks(config, run_dir)]
             + ([StepProgressBar(refresh_rate=max(1, config.log_every // 10))] if progress else []),
             gradient_clip_val=config.optim.grad_clip, enable_checkpointing=False,
             enable_model_summary=False, enable_progress_bar=progress, num_sanity_val_steps=0,
@@ -74,6 +75,20 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, progres
     write_meta(run_dir, config, meta["device"], finished=True,
                wall_seconds=round(meta.get("wall_seconds", 0.0) + time.time() - started, 2))
     return run_dir
+
+
+def measure_callbacks(config: Config, run_dir: Path) -> list[L.Callback]:
+    """The progress measures the config switches on, evaluated on the training device."""
+    callbacks = []
+    fourier = config.measures.fourier
+    if fourier is not None:
+        from .measures.fourier import FourierMeasures
+        from .measures.grokking import FourierCallback
+
+        callbacks.append(FourierCallback(FourierMeasures(config.task, fourier), run_dir,
+                                         steps=checkpoint_steps(config.checkpoints, config.max_steps),
+                                         every=fourier.every))
+    return callbacks
 
 
 def prepare_run_dir(config: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:

@@ -1,0 +1,99 @@
+"""Fourier progress measures: known answers, and equality with the seed notebook's own code."""
+import math
+
+import pytest
+import torch
+
+from seed_reference import seed_measures
+from toytasks.config import ModelConfig
+from toytasks.measures.fourier import (FourierConfig, FourierMeasures, fourier_basis, gini,
+                                       key_freq_mask, logit_periodicity, neuron_freq_fractions)
+from toytasks.model import build_model
+from toytasks.tasks.modular_addition import ModularAddition
+
+P = 13
+
+
+def grid(p=P):
+    a = torch.arange(p).repeat_interleave(p).float()
+    b = torch.arange(p).repeat(p).float()
+    return a, b
+
+
+def test_basis_is_orthonormal_and_in_the_seeds_order():
+    basis = fourier_basis(P)
+    assert torch.allclose(basis @ basis.T, torch.eye(P), atol=1e-5)
+    x = torch.arange(P).float()
+    assert torch.allclose(basis[3], torch.sin(2 * torch.pi * 2 * x / P) / math.sqrt(P / 2), atol=1e-5)  # sin 2
+    assert torch.allclose(basis[4], torch.cos(2 * torch.pi * 2 * x / P) / math.sqrt(P / 2), atol=1e-5)  # cos 2
+
+
+def test_pure_periodic_logits_have_no_residual():
+    a, b = grid()
+    c = torch.arange(P).float()
+    w = 2 * torch.pi / P
+    logits = 3 * torch.cos(w * 4 * (a[:, None] + b[:, None] - c)) + torch.cos(w * 1 * (a[:, None] + b[:, None] - c))
+    mask = torch.zeros(P // 2, dtype=torch.bool)
+    mask[[0, 3]] = True  # k = 1 and 4
+    cos_sims, residual = logit_periodicity(logits, mask, P)
+    assert residual.item() == pytest.approx(0, abs=1e-6)
+    assert cos_sims[3].item() == pytest.approx(3 / math.sqrt(10), rel=1e-6)
+    assert cos_sims[0].item() == pytest.approx(1 / math.sqrt(10), rel=1e-6)
+    assert cos_sims[[1, 2, 4, 5]].abs().max() < 1e-6
+    only_four = torch.zeros_like(mask)
+    only_four[3] = True
+    assert logit_periodicity(logits, only_four, P)[1].item() == pytest.approx(1 / math.sqrt(10), rel=1e-6)
+
+
+def test_a_single_frequency_neuron_is_explained_by_it():
+    a, b = grid()
+    w = 2 * torch.pi / P
+    acts = torch.stack([torch.cos(w * 3 * a) * torch.cos(w * 3 * b),  # frequency 3, product term
+                        torch.sin(w * 5 * (a + b)) + 2,  # frequency 5 (plus a constant)
+                        torch.randn(P * P, generator=torch.Generator().manual_seed(0))], dim=1)
+    fractions = neuron_freq_fractions(acts, P)
+    assert fractions[2, 0].item() == pytest.approx(1, abs=1e-5) and fractions[4, 1].item() == pytest.approx(1, abs=1e-5)
+    assert fractions[:, 2].max() < 0.5  # noise spreads over frequencies
+    mask = key_freq_mask(fractions, threshold=0.9, min_neuron_frac=0.3)  # one neuron of three is enough
+    assert mask.nonzero().flatten().tolist() == [2, 4]
+
+
+def test_gini():
+    assert gini(torch.ones(10)).item() == pytest.approx(0, abs=1e-6)
+    assert gini(torch.tensor([0.0] * 9 + [5.0])).item() == pytest.approx(0.9, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_same_numbers_as_the_seed_notebook(seed):
+    task = ModularAddition(p=P, frac_train=0.4)
+    model = build_model(ModelConfig(d_model=32, d_head=8, d_mlp=64, freeze_biases=True), task, seed=seed).eval()
+    key_freqs = [2, 5]
+    mask = torch.zeros(P // 2, dtype=torch.bool)
+    mask[[k - 1 for k in key_freqs]] = True
+    train, test = task.split_indices()
+    ref = seed_measures(model, P, train, test, key_freqs)
+    measures = FourierMeasures(task, FourierConfig())
+    ours = measures(model, final_mask=mask)
+    assert ours["fourier/restricted_loss_final_freqs"].item() == pytest.approx(ref["restricted_loss"].item(), rel=1e-5)
+    assert ours["fourier/excluded_loss_final_freqs"].item() == pytest.approx(ref["excluded_loss"].item(), rel=1e-5)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(measures.tokens)
+        fractions = neuron_freq_fractions(cache["post", 0, "mlp"][:, -1], P)
+    # Dead neurons (no variance) are NaN in both; low-variance ones amplify float32 rounding.
+    assert torch.allclose(fractions, ref["neuron_freq_norm"], atol=1e-4, equal_nan=True)
+    assert torch.allclose(fourier_basis(P), ref["fourier_basis"], atol=1e-5)
+    cos_sims, residual = logit_periodicity(logits[:, -1], mask, P)
+    assert residual.item() == pytest.approx(ref["residual_frac"].item(), rel=1e-5)
+    for k in key_freqs:
+        assert cos_sims[k - 1].item() == pytest.approx(ref["cos_sims"][k].item(), rel=1e-4, abs=1e-6)
+
+
+def test_live_measures_leave_the_model_as_it_was():
+    task = ModularAddition(p=P, frac_train=0.4)
+    model = build_model(ModelConfig(d_model=32, d_head=8, d_mlp=64), task, seed=0).train()
+    values = FourierMeasures(task, FourierConfig())(model)
+    assert model.training
+    assert all(not hp._forward_hooks for hp in model.hook_dict.values())
+    assert {"fourier/restricted_loss", "fourier/excluded_loss", "fourier/n_key_freqs", "fourier/embed_gini",
+            "fourier/logit_residual_frac", "fourier/frac_neurons_key", "fourier/logit_cos_sim/k1"} <= set(values)
+    assert all(v.device == model.W_E.device and v.dim() == 0 for v in values.values())

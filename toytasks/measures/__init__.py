@@ -1,0 +1,1 @@
+"""Progress measures: pure functions of (model, task, fixed evaluation data) -> named numbers."""

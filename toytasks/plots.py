@@ -1,0 +1,100 @@
+"""`toytasks plot RUN_DIR`: PNG figures of a run, written to RUN_DIR/plots/."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .measures.grokking import PHASES  # noqa: E402
+
+PLOTS_DIR = "plots"
+
+
+def plot_run(run) -> list[Path]:
+    out = run.path / PLOTS_DIR
+    out.mkdir(exist_ok=True)
+    metrics = run.metrics
+    written = [_save(loss_curves(metrics, phases(run)), out / "loss.png")]
+    if "fourier/restricted_loss" in metrics.columns:
+        written.append(_save(restricted_excluded(metrics, phases(run)), out / "restricted_excluded_loss.png"))
+    if run.task.name == "modular_addition":
+        written.append(_save(embedding_fourier_norms(run), out / "embed_fourier_norms.png"))
+    return written
+
+
+def phases(run) -> dict:
+    path = run.path / PHASES
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def loss_curves(metrics, phase_steps: dict):
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, style in (("train", "-"), ("val", "-")):
+        rows = metrics.dropna(subset=[f"{name}/loss"])
+        label = "test" if name == "val" else name
+        loss_ax.plot(rows["step"], rows[f"{name}/loss"], style, label=label)
+        acc_ax.plot(rows["step"], rows[f"{name}/acc"], style, label=label)
+    loss_ax.set(yscale="log", xlabel="step", ylabel="loss", title="Loss")
+    acc_ax.set(xlabel="step", ylabel="accuracy", title="Accuracy", ylim=(-0.02, 1.02))
+    for ax in (loss_ax, acc_ax):
+        _phase_lines(ax, phase_steps)
+    loss_ax.legend(loc="lower left")
+    acc_ax.legend(loc="lower right")
+    return fig
+
+
+def restricted_excluded(metrics, phase_steps: dict):
+    """The seed's "Excluded and Restricted Loss Curve" (log y), with the phase boundaries."""
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for column, label in (("train/loss", "train"), ("val/loss", "test")):
+        rows = metrics.dropna(subset=[column])
+        ax.plot(rows["step"], rows[column], label=label, linewidth=1.2)
+    for column, label, style in (
+        ("fourier/excluded_loss_final_freqs", "excluded (final key freqs)", "-"),
+        ("fourier/restricted_loss_final_freqs", "restricted (final key freqs)", "-"),
+        ("fourier/excluded_loss", "excluded (live key freqs)", ":"),
+        ("fourier/restricted_loss", "restricted (live key freqs)", ":"),
+    ):
+        if column in metrics.columns:
+            rows = metrics.dropna(subset=[column])
+            ax.plot(rows["step"], rows[column], style, label=label, linewidth=1.5)
+    ax.set(yscale="log", xlabel="step", ylabel="loss", title="Excluded and Restricted Loss Curve")
+    _phase_lines(ax, phase_steps)
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def embedding_fourier_norms(run):
+    """Norms of W_E (without the `=` token) in the Fourier basis at the last step, sin and cos per k."""
+    from .measures.fourier import fourier_basis
+
+    p, step = run.task.p, run.steps[-1]
+    with torch.no_grad():
+        norms = (fourier_basis(p) @ run.model_at(step).W_E[:-1]).norm(dim=-1)
+    k = torch.arange(1, p // 2 + 1)
+    fig, ax = plt.subplots(figsize=(12, 4))
+    ax.bar(k - 0.2, norms[1::2], width=0.4, label="sin")
+    ax.bar(k + 0.2, norms[2::2], width=0.4, label="cos")
+    ax.set(xlabel="frequency k", ylabel="norm", title=f"Norm of the embedding in the Fourier basis (step {step})")
+    ax.legend()
+    return fig
+
+
+def _phase_lines(ax, phase_steps: dict) -> None:
+    for name, step in phase_steps.items():
+        if step is not None:
+            ax.axvline(step, linestyle="--", color="grey", alpha=0.7)
+            ax.annotate(name.replace("_", " "), (step, 1), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=7, color="grey")
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
