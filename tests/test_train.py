@@ -9,7 +9,6 @@ from toytasks import load_run
 from toytasks.cli import main
 from toytasks.config import load_config
 from toytasks.module import loss_and_accuracy
-from toytasks.tasks import batch_from_split
 from toytasks.train import train
 
 GROKKING = CONFIGS / "grokking.yaml"
@@ -51,7 +50,7 @@ def test_metrics_table_has_every_step(tiny_run):
 
 def test_model_at_reproduces_logged_val_loss(tiny_run):
     run, _ = tiny_run
-    test = batch_from_split(run.dataset["test"])
+    test = run.batch("test")
     metrics = run.metrics.set_index("step")
     for step in (0, 10, 30):
         model = run.model_at(step)

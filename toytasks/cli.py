@@ -22,11 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     # Options may follow the overrides (`toytasks train c.yaml lr=1 --resume`): argparse leaves
     # the overrides after an option unparsed, so collect them here.
     measure = commands.add_parser("measure", help="recompute the progress measures over a saved series")
-    measure.add_argument("run_dir")
+    measure.add_argument("run_dirs", nargs="+", metavar="run_dir")
     measure.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     plot = commands.add_parser("plot", help="write PNG figures into RUN_DIR/plots/")
-    plot.add_argument("run_dir")
+    plot.add_argument("run_dirs", nargs="+", metavar="run_dir")
 
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
@@ -61,8 +61,9 @@ def _measure(args) -> int:
     from .measures.offline import measure_run
     from .run import load_run
 
-    names = measure_run(load_run(args.run_dir), progress=not args.no_progress)
-    print(f"wrote {len(names)} measures into {args.run_dir}/metrics.csv")
+    for run_dir in args.run_dirs:
+        names = measure_run(load_run(run_dir), progress=not args.no_progress)
+        print(f"wrote {len(names)} measures into {run_dir}/metrics.csv")
     return 0
 
 
@@ -70,8 +71,9 @@ def _plot(args) -> int:
     from .plots import plot_run
     from .run import load_run
 
-    for path in plot_run(load_run(args.run_dir)):
-        print(path)
+    for run_dir in args.run_dirs:
+        for path in plot_run(load_run(run_dir)):
+            print(path)
     return 0
 
 

@@ -76,10 +76,10 @@ def embedding_fourier_norms(run):
     p, step = run.task.p, run.steps[-1]
     with torch.no_grad():
         norms = (fourier_basis(p) @ run.model_at(step).W_E[:-1]).norm(dim=-1)
-    k = torch.arange(1, p // 2 + 1)
+    k = torch.arange(1, p // 2 + 1).numpy()
     fig, ax = plt.subplots(figsize=(12, 4))
-    ax.bar(k - 0.2, norms[1::2], width=0.4, label="sin")
-    ax.bar(k + 0.2, norms[2::2], width=0.4, label="cos")
+    ax.bar(k - 0.2, norms[1::2].numpy(), width=0.4, label="sin")
+    ax.bar(k + 0.2, norms[2::2].numpy(), width=0.4, label="cos")
     ax.set(xlabel="frequency k", ylabel="norm", title=f"Norm of the embedding in the Fourier basis (step {step})")
     ax.legend()
     return fig

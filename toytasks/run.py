@@ -3,6 +3,7 @@
     run.config      the resolved Config the run was trained with
     run.task        its task (`run.task.p`, `run.task.make_dataset()`, ...)
     run.dataset     the stored DatasetDict (train / test), or None for sampled tasks
+    run.batch(split) its `tokens` and `targets` as tensors
     run.steps       the sorted steps of the checkpoint series
     run.model_at(s) a TransformerBridge with the weights after s steps (CPU, eval mode)
     run.metrics     a pandas DataFrame: a `step` column and one column per metric
@@ -19,6 +20,7 @@ from .config import Config, config_from_dict, read_yaml
 from .errors import ToytasksError
 from .model import apply_frozen_parts, build_model
 from .series import saved_steps, series_path
+from .tasks import batch_from_split
 from .train import DATA_DIR
 
 
@@ -43,6 +45,12 @@ class Run:
         from datasets import load_from_disk
 
         return load_from_disk(str(self.path / DATA_DIR))
+
+    def batch(self, split: str = "test") -> dict:
+        """The `tokens` and `targets` (and `attention_mask`) tensors of a stored split."""
+        if self.dataset is None:
+            raise ToytasksError(f"{self.path}: {self.task.name} samples its data; use run.task.sample(n, generator)")
+        return batch_from_split(self.dataset[split])
 
     @property
     def steps(self) -> list[int]:

@@ -127,17 +127,15 @@ def load_or_make_dataset(config: Config, run_dir: Path):
 
 
 def write_meta(run_dir: Path, config: Config, device: str, finished: bool, **extra) -> dict:
-    import lightning
-    import transformer_lens
+    from importlib.metadata import version
 
     from . import __version__
 
     meta_path = run_dir / META
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update(
-        versions={"toytasks": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
-                  "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
-                  "python": platform.python_version()},
+        versions={"toytasks": __version__, "torch": torch.__version__, "lightning": version("lightning"),
+                  "transformer_lens": version("transformer-lens"), "python": platform.python_version()},
         device=device, git_sha=_git_sha(), run_id=config.run_id, experiment=config.experiment,
         finished=finished, **extra,
     )
