@@ -53,6 +53,14 @@ def test_yaml_round_trip(tmp_path):
     ([GROKKING, "model.attention=sideways"], "model.attention: must be one of causal, bidirectional"),
     ([GROKKING, "checkpoints.steps=[99999]"], "checkpoints.steps: step 99999 is past max_steps"),
     ([GROKKING, "nonsense"], "expected key=value"),
+    ([GROKKING, "optim.lr=0"], "optim.lr: must be positive"),
+    ([GROKKING, "batch_size=5000"], "batch_size: 5000 is more than the 3830 training examples"),
+    ([GROKKING, "checkpoints.every=0"], "checkpoints.every: must be at least 1"),
+    ([GROKKING, "measures.attention=true"], "measures.attention: unknown key; allowed: fourier"),
+    ([GROKKING, "task.p=12"], "measures.fourier: needs an odd modulus"),
+    ([GROKKING, "model.n_layers=2"], "measures.fourier: needs a 1-layer model"),
+    ([GROKKING, "on_nonfinite=ignore"], "on_nonfinite: must be one of stop, skip"),
+    ([GROKKING, "optim.betas=[0.9]"], "optim.betas: expected a list of 2 values"),
     (["no/such/file.yaml"], "no/such/file.yaml: config file not found"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, field, capsys):
@@ -68,3 +76,35 @@ def test_invalid_yaml_names_the_file(tmp_path, capsys):
     assert main(["train", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{bad}: not valid YAML" in err
+
+
+# --- property-based: whatever a user types, the loader answers with a Config or a one-line error
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from toytasks.errors import ToytasksError  # noqa: E402
+
+KEYS = ["seed", "max_steps", "out_dir", "task", "task.p", "task.frac_train", "task.name", "model.d_model",
+        "model.attention", "optim.lr", "optim.betas", "checkpoints.steps", "measures.fourier", "batch_size"]
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=12))
+yaml_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                            st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                           max_leaves=8)
+override_values = st.one_of(st.text(max_size=15), st.sampled_from(["abc", "[1,2", "{a: 1}", "${oops}", "-1", "1e-3",
+                                                                   "null", "[0.9, 0.98]", "'x'", ":"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=60), yaml_values.map(lambda v: __import__("yaml").safe_dump(v))),
+       overrides=st.lists(st.one_of(st.text(max_size=20),
+                                    st.tuples(st.sampled_from(KEYS), override_values).map("=".join)), max_size=3))
+def test_arbitrary_yaml_and_overrides_never_traceback(tmp_path, text, overrides):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(text)
+    for source in (path, GROKKING):
+        try:
+            load_config(source, overrides)
+        except ToytasksError as error:
+            assert str(error) and "\n" not in str(error).strip()

@@ -6,15 +6,15 @@ are used, so an override can never leave a stale derived value behind.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError, ToytasksError
 from .measures.fourier import FourierConfig, check_applies as check_fourier_applies
@@ -140,6 +140,9 @@ class Config:
     """Compute the test loss and accuracy every this many steps (the seed does it every step)."""
     log_every: int = 100
     """Copy the metrics from the device and write them out every this many steps."""
+    on_nonfinite: str = "stop"
+    """A NaN or infinite training loss: `stop` (exit 3, the last good checkpoint kept) or `skip`
+    the step (costs a host sync per step)."""
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -149,6 +152,7 @@ class Config:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError("batch_size", f"must be at least 1 or null, got {self.batch_size}")
+        _check_choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
         late = [s for s in self.checkpoints.steps if s > self.max_steps]
         if late:
             raise ConfigError("checkpoints.steps", f"step {late[0]} is past max_steps={self.max_steps}")
@@ -199,11 +203,29 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     return config_from_dict(apply_overrides(data, overrides))
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-3` as a number the way YAML 1.2 does (PyYAML: a string)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def read_yaml(path: Path) -> dict:
-    """A YAML mapping as plain data. OmegaConf's loader reads `1e-3` as a number (PyYAML: a string)."""
+    """A YAML file holding a mapping, as plain data."""
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError) as error:
+        data = parse_yaml(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ToytasksError(f"{path}: not valid YAML ({_first_line(error)})") from None
     if not isinstance(data, dict):
         raise ToytasksError(f"{path}: expected a mapping of config fields at the top level")
@@ -211,15 +233,24 @@ def read_yaml(path: Path) -> dict:
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Merge `a.b=value` strings into nested data; values are parsed as YAML."""
+    """Set `a.b=value` items in a copy of nested data; each value is read as YAML."""
+    data = copy.deepcopy(data)
     for item in overrides:
-        if "=" not in item or not item.split("=", 1)[0].strip():
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
             raise ToytasksError(f"override {item!r}: expected key=value, e.g. optim.lr=3e-3")
-    try:
-        merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_container(merged, resolve=True)
-    except (OmegaConfBaseException, ValueError, TypeError) as error:
-        raise ToytasksError(f"overrides {list(overrides)}: {_first_line(error)}") from None
+        try:
+            value = parse_yaml(text) if text.strip() else None
+        except yaml.YAMLError as error:
+            raise ToytasksError(f"override {item!r}: value is not valid YAML ({_first_line(error)})") from None
+        *sections, name = key.strip().split(".")
+        node = data
+        for depth, section in enumerate(sections):
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ToytasksError(f"override {item!r}: {'.'.join(sections[:depth + 1])} is not a section")
+        node[name] = value
+    return data
 
 
 def _check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:

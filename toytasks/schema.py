@@ -21,7 +21,7 @@ def build(cls: type, data: Any, where: str = ""):
     if not isinstance(data, Mapping):
         raise ConfigError(where, f"expected a mapping of fields, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:
         raise ConfigError(_join(where, str(unknown[0])),
                           f"unknown key; allowed: {', '.join(sorted(fields))}")
