@@ -106,8 +106,8 @@ def test_resume_continues_to_the_same_result(tmp_path, capsys):
     assert out.strip().splitlines()[-1].startswith("run: ")
     a, b = (load_run(p) for p in sorted((tmp_path).glob("*/grokking/*")))
     assert a.steps == b.steps
-    for name, value in a.model_at(20).state_dict().items():
-        assert torch.equal(value, b.model_at(20).state_dict()[name]), name
+    final_a, final_b = a.model_at(20).state_dict(), b.model_at(20).state_dict()
+    assert all(torch.equal(value, final_b[name]) for name, value in final_a.items())
     assert a.metrics.equals(b.metrics)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import ToytasksError
+from .errors import NonFiniteLoss, ToytasksError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
             return _measure(args)
         if args.command == "plot":
             return _plot(args)
+    except NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     except ToytasksError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,3 +15,11 @@ class ConfigError(ToytasksError):
     def within(self, prefix: str) -> "ConfigError":
         """The same error with its field path prefixed by the enclosing section."""
         return ConfigError(f"{prefix}.{self.field}" if self.field else prefix, self.message)
+
+
+class NonFiniteLoss(ToytasksError):
+    """Training produced a NaN or infinite loss and stopped (exit code 3)."""
+
+    def __init__(self, step: int, message: str = ""):
+        self.step = step
+        super().__init__(message or f"non-finite training loss at step {step}")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
+from .errors import NonFiniteLoss
 from .data import Batch, TrainBatches
 from .metrics import DeviceMetrics
 from .model import build_model, trainable_parameters
@@ -42,9 +43,13 @@ class ToyTaskModule(L.LightningModule):
         self.step_metrics = DeviceMetrics()
         self.latest: dict[str, float] = {}  # the newest logged row, for the progress bar
         self._resume_batches: Optional[dict] = None
+        self.first_nonfinite: Optional[torch.Tensor] = None  # device scalar: first bad step, or -1
+        self.skipped_steps = self.skips_in_a_row = 0
 
     def forward(self, tokens: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.model(tokens, attention_mask=attention_mask)  # [batch, pos, d_vocab_out]
+        # The bridge's native module holds the same parameters without the hook wrappers: the
+        # hot path skips their Python overhead, while measures and notebooks use the hooks.
+        return self.model.original_model(tokens, attention_mask=attention_mask)  # [batch, pos, d_vocab_out]
 
     def score(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["tokens"], batch.get("attention_mask"))
@@ -66,14 +71,37 @@ class ToyTaskModule(L.LightningModule):
         return self.batches
 
     # --- the step ---------------------------------------------------------------------------
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Optional[torch.Tensor]:
         loss, accuracy = self.score(batch)
         self.step_metrics.add(self.global_step, {"train/loss": loss, "train/acc": accuracy})
+        if self.config.on_nonfinite == "skip":
+            return self.skip_if_nonfinite(loss)
+        # Remember the first non-finite step on the device; checked before anything is saved.
+        if self.first_nonfinite is None:
+            self.first_nonfinite = torch.tensor(-1, device=self.device)
+        bad = ~torch.isfinite(loss) & (self.first_nonfinite < 0)
+        self.first_nonfinite = torch.where(bad, self.global_step, self.first_nonfinite)
         return loss
 
+    def skip_if_nonfinite(self, loss: torch.Tensor) -> Optional[torch.Tensor]:
+        if torch.isfinite(loss):  # a host sync per step: the price of the opt-in `skip`
+            self.skips_in_a_row = 0
+            return loss
+        self.skipped_steps += 1
+        self.skips_in_a_row += 1
+        if self.skips_in_a_row >= 100:
+            raise NonFiniteLoss(self.global_step, "100 non-finite losses in a row, even when skipping")
+        return None  # Lightning skips the backward pass and the optimizer step
+
+    def raise_if_nonfinite(self) -> None:
+        """Called before any checkpoint or metrics are written (a host sync, but only then)."""
+        if self.first_nonfinite is not None and (step := int(self.first_nonfinite)) >= 0:
+            raise NonFiniteLoss(step)
+
     def on_train_start(self) -> None:
-        if self.global_step == 0:
-            self.evaluate()
+        # The row of the first step: step 0, or the step a resumed run restarts from (its row was
+        # dropped because the killed run may have written only part of it).
+        self.evaluate()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step = self.global_step  # updates applied so far
@@ -88,21 +116,26 @@ class ToyTaskModule(L.LightningModule):
         values = {"weights/sq_norm": sum((p.detach() ** 2).sum() for p in self.model.parameters())}
         if self.trainer.optimizers:
             values["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+        if self.config.on_nonfinite == "skip":
+            values["train/skipped_steps"] = self.skipped_steps
         if self.eval_split is not None:
-            was_training = self.model.training
-            self.model.eval()
+            # No mode switch: these models have no dropout or batch norm, and toggling the
+            # bridge's many modules costs milliseconds at every step.
             values["val/loss"], values["val/acc"] = self.score(self.eval_split)
-            self.model.train(was_training)
         self.step_metrics.add(self.global_step, values)
 
-    def flush_metrics(self) -> None:
-        """Copy pending metrics to the host once and hand them to every logger."""
+    def flush_metrics(self, save: bool = False) -> None:
+        """Copy pending metrics to the host once and hand them to every logger. `save` also
+        rewrites the metrics table on disk (done with each resumable checkpoint and at the end,
+        not at every flush: rewriting a long table every few steps would cost more than training)."""
+        self.raise_if_nonfinite()
         rows = self.step_metrics.drain()
         for step, row in rows.items():
             for logger in self.loggers:
                 logger.log_metrics(row, step=step)
-        for logger in self.loggers:
-            logger.save()
+        if save:
+            for logger in self.loggers:
+                logger.save()
         for row in rows.values():
             self.latest.update(row)
 
@@ -118,7 +151,7 @@ class ToyTaskModule(L.LightningModule):
 
     # --- resumable state --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self.flush_metrics()  # the table on disk always matches the resumable checkpoint
+        self.flush_metrics(save=True)  # the table on disk always matches the resumable checkpoint
         if self.batches is not None:
             checkpoint["toytasks_batches"] = self.batches.state_dict()
 

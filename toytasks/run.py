@@ -21,15 +21,15 @@ from .errors import ToytasksError
 from .model import apply_frozen_parts, build_model
 from .series import saved_steps, series_path
 from .tasks import batch_from_split
-from .train import DATA_DIR
+from .rundir import CONFIG, DATA_DIR
 
 
 class Run:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not (self.path / "config.yaml").is_file():
-            raise ToytasksError(f"{self.path}: not a run directory (no config.yaml)")
-        self.config: Config = config_from_dict(read_yaml(self.path / "config.yaml"))
+        if not (self.path / CONFIG).is_file():
+            raise ToytasksError(f"{self.path}: not a run directory (no {CONFIG})")
+        self.config: Config = config_from_dict(read_yaml(self.path / CONFIG))
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, task={self.task.name}, steps={len(self.steps)})"

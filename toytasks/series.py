@@ -62,12 +62,12 @@ class CheckpointSeries(L.Callback):
         self.run_dir, self.steps = Path(run_dir), frozenset(steps)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.global_step == 0:
-            save_weights(pl_module.model, series_path(self.run_dir, 0), 0)
+        self.on_train_batch_end(trainer, pl_module, None, None, 0)  # step 0, or the resumed step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step in self.steps:
+            pl_module.raise_if_nonfinite()
             save_weights(pl_module.model, series_path(self.run_dir, step), step)
 
 
@@ -80,4 +80,5 @@ class ResumableCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step % self.every == 0 or step == self.max_steps:
+            pl_module.raise_if_nonfinite()
             write_atomically(self.path, trainer.save_checkpoint)

@@ -19,7 +19,7 @@ class MeasureCallback(L.Callback):
         return step % self.every == 0 if self.every else step in self.steps
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.global_step == 0:
+        if trainer.global_step == 0 or self.due(trainer.global_step):  # step 0, or a resumed step
             self.evaluate(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -53,6 +53,11 @@ class Task:
     def n_ctx(self) -> int:
         raise NotImplementedError
 
+    @property
+    def n_train(self) -> int:
+        """Finite tasks: the number of training examples (known without building the data)."""
+        raise NotImplementedError(f"{self.name} is not a finite task")
+
     def make_dataset(self):
         """Finite tasks: the whole enumeration, split, as a `datasets.DatasetDict`."""
         raise NotImplementedError(f"{self.name} is not a finite task")

@@ -38,8 +38,7 @@ class ModularAddition(Task):
             raise ConfigError("p", f"must be at least 2, got {self.p}")
         if not 0 < self.frac_train < 1:
             raise ConfigError("frac_train", f"must be strictly between 0 and 1, got {self.frac_train}")
-        n_train = int(self.p * self.p * self.frac_train)
-        if n_train == 0 or n_train == self.p * self.p:
+        if self.n_train == 0 or self.n_train == self.p * self.p:
             raise ConfigError("frac_train", f"leaves an empty split of the {self.p * self.p} pairs")
 
     @property
@@ -54,12 +53,15 @@ class ModularAddition(Task):
     def n_ctx(self) -> int:
         return 3
 
+    @property
+    def n_train(self) -> int:
+        return int(self.p * self.p * self.frac_train)
+
     def split_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices (a * p + b) of the train and test pairs, in the seed's order."""
         generator = torch.Generator().manual_seed(self.data_seed)
         order = torch.randperm(self.p * self.p, generator=generator)
-        cutoff = int(self.p * self.p * self.frac_train)
-        return order[:cutoff], order[cutoff:]
+        return order[:self.n_train], order[self.n_train:]
 
     def make_dataset(self):
         from datasets import Dataset, DatasetDict
