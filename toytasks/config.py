@@ -140,6 +140,9 @@ class Config:
     """Compute the test loss and accuracy every this many steps (the seed does it every step)."""
     log_every: int = 100
     """Copy the metrics from the device and write them out every this many steps."""
+    matmul_precision: str = "highest"
+    """float32 matmuls: `highest` (strict float32, the default), or `high` / `medium` to allow
+    TF32 / bf16 internally on GPUs that have them (faster; reported to move the grokking step)."""
     on_nonfinite: str = "stop"
     """A NaN or infinite training loss: `stop` (exit 3, the last good checkpoint kept) or `skip`
     the step (costs a host sync per step)."""
@@ -153,6 +156,7 @@ class Config:
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError("batch_size", f"must be at least 1 or null, got {self.batch_size}")
         _check_choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        _check_choice("matmul_precision", self.matmul_precision, ("highest", "high", "medium"))
         late = [s for s in self.checkpoints.steps if s > self.max_steps]
         if late:
             raise ConfigError("checkpoints.steps", f"step {late[0]} is past max_steps={self.max_steps}")

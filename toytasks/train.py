@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from typing import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -33,15 +34,16 @@ class StepProgressBar(TQDMProgressBar):
         return {k: f"{v:.3g}" for k, v in pl_module.latest.items() if k in shown}
 
 
-def train(config: Config, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
-    """Train `config` and return its run directory."""
+def train(config: Config, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          callbacks: Sequence[L.Callback] = ()) -> Path:
+    """Train `config` and return its run directory. `callbacks` run after toytasks' own."""
     check_batch_size(config)
     run_dir = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     with RunLock(run_dir), quiet_lightning():
-        return _train(config, run_dir, resume, progress)
+        return _train(config, run_dir, resume, progress, callbacks)
 
 
-def _train(config: Config, run_dir: Path, resume: bool, progress: bool) -> Path:
+def _train(config: Config, run_dir: Path, resume: bool, progress: bool, callbacks: Sequence[L.Callback]) -> Path:
     dataset = load_or_make_dataset(config, run_dir)
     module = ToyTaskModule(
         config,
@@ -60,14 +62,15 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool) -> Path:
                                   purge_step=start_step or None), table],
         callbacks=[CheckpointSeries(run_dir, checkpoint_steps(config.checkpoints, config.max_steps)),
                    ResumableCheckpoint(run_dir, config.checkpoints.resume_every, config.max_steps),
-                   *measure_callbacks(config, run_dir)]
+                   *measure_callbacks(config, run_dir), *callbacks]
         + ([StepProgressBar(refresh_rate=max(1, config.log_every // 10))] if progress else []),
         gradient_clip_val=config.optim.grad_clip, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=progress, num_sanity_val_steps=0,
         limit_val_batches=0, log_every_n_steps=config.log_every,
     )
     meta = write_meta(run_dir, config, device=str(trainer.strategy.root_device), finished=False)
-    started = time.time()
+    started, precision = time.time(), torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(config.matmul_precision)
     try:
         trainer.fit(module, ckpt_path=resume_from, weights_only=True)
     except NonFiniteLoss as error:
@@ -77,6 +80,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool) -> Path:
                    "Lower the learning rate, or set on_nonfinite=skip")
         write_meta(run_dir, config, failed=message)
         raise NonFiniteLoss(error.step, message) from None
+    finally:
+        torch.set_float32_matmul_precision(precision)
     write_meta(run_dir, config, finished=True, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                wall_seconds=round(meta.get("wall_seconds", 0.0) + time.time() - started, 2))
     return run_dir

@@ -1,0 +1,151 @@
+"""Benchmark: toytasks beside the seed notebook's grokking loop, same device, same workload.
+
+    .venv/bin/python scripts/bench.py                      # p=113, 200 steps, 3 repetitions
+    .venv/bin/python scripts/bench.py --steps 2000 --reps 5 --out bench.json
+
+Each repetition runs the seed's loop (../shared/peer/seed_grokking_loop.py, as it stands) and
+toytasks (`configs/grokking.yaml`: test loss every step, a checkpoint every 100 steps, the Fourier
+measures at each checkpoint and over the series at the end) for the same number of steps, one
+after the other, each in a fresh process. Both time only their training loop, not start-up.
+It prints steps per second of each, their ratio within each repetition, the medians, and peak
+memory (GPU memory on CUDA, resident memory on the CPU), and writes them to a JSON file.
+Run it alone: a second PyTorch process on the same cores distorts both numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import runpy
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PEER = ROOT.parent / "shared" / "peer" / "seed_grokking_loop.py"
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def run_peer(args) -> dict:
+    """In this process: the seed's loop, as a script, then its own timing line."""
+    import io
+    from contextlib import redirect_stdout
+
+    sys.argv = [str(args.peer), "--p", str(args.p), "--steps", str(args.steps), "--device", args.device]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        runpy.run_path(str(args.peer), run_name="__main__")
+    fields = dict(re.findall(r"(\w+)=(\S+)", out.getvalue()))
+    return {"steps_per_s": float(fields["steps_per_s"]), "seconds": float(fields["seconds"]),
+            "test_loss": float(fields["test_loss"]), "peak_memory_mb": peak_memory_mb()}
+
+
+def run_toytasks(args) -> dict:
+    """In this process: toytasks on configs/grokking.yaml, timed from the first step to the end."""
+    import lightning as L
+
+    sys.path.insert(0, str(ROOT))
+    from toytasks.config import load_config
+    from toytasks.train import train
+
+    class Clock(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            _sync(pl_module.device)
+            self.start = time.perf_counter()
+
+        def on_train_end(self, trainer, pl_module):
+            _sync(pl_module.device)
+            self.seconds = time.perf_counter() - self.start
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as out_dir:
+        config = load_config(args.config, [f"task.p={args.p}", f"max_steps={args.steps}", f"out_dir={out_dir}",
+                                           *args.overrides])
+        run_dir = train(config, progress=False, callbacks=[clock])  # the clock runs after every measure
+        import pandas as pd
+
+        test_loss = pd.read_csv(run_dir / "metrics.csv")["val/loss"].dropna().iloc[-1]
+    return {"steps_per_s": args.steps / clock.seconds, "seconds": clock.seconds, "test_loss": float(test_loss),
+            "peak_memory_mb": peak_memory_mb()}
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(which: str, args) -> dict:
+    """Run one side in a fresh process and read back its JSON line."""
+    command = [sys.executable, __file__, f"--inner={which}", f"--p={args.p}", f"--steps={args.steps}",
+               f"--device={args.device}", f"--peer={args.peer}", f"--config={args.config}", *args.overrides]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ})
+    if done.returncode != 0:
+        sys.exit(f"{which} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--p", type=int, default=113)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--peer", type=Path, default=DEFAULT_PEER)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "grokking.yaml"))
+    ap.add_argument("--out", default="bench.json")
+    ap.add_argument("--inner", choices=["peer", "toytasks"], help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*", help="extra toytasks overrides, e.g. eval_every=10")
+    args = ap.parse_args()
+
+    if args.inner:
+        result = (run_peer if args.inner == "peer" else run_toytasks)(args)
+        print(json.dumps(result))
+        return
+    if not args.peer.exists():
+        sys.exit(f"{args.peer}: the seed loop is not there; pass --peer PATH")
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({os.cpu_count()} cores)"
+    print(f"device: {device_name}   p={args.p}   steps={args.steps}   reps={args.reps}")
+    reps = []
+    for rep in range(args.reps):  # interleaved: the machine's drift hits both sides alike
+        peer, ours = measure("peer", args), measure("toytasks", args)
+        ratio = ours["steps_per_s"] / peer["steps_per_s"]
+        reps.append({"seed_loop": peer, "toytasks": ours, "ratio": ratio})
+        print(f"rep {rep + 1}: seed loop {peer['steps_per_s']:8.2f} steps/s   toytasks {ours['steps_per_s']:8.2f} "
+              f"steps/s   ratio {ratio:5.2f}   peak MB seed {peer['peak_memory_mb']:.0f} / "
+              f"toytasks {ours['peak_memory_mb']:.0f}")
+    median = lambda key, side: statistics.median(r[side][key] for r in reps)  # noqa: E731
+    summary = {
+        "device": device_name, "p": args.p, "steps": args.steps, "reps": reps,
+        "median_steps_per_s": {"seed_loop": median("steps_per_s", "seed_loop"),
+                               "toytasks": median("steps_per_s", "toytasks")},
+        "median_ratio": statistics.median(r["ratio"] for r in reps),
+        "peak_memory_mb": {"seed_loop": median("peak_memory_mb", "seed_loop"),
+                           "toytasks": median("peak_memory_mb", "toytasks")},
+        "overrides": args.overrides,
+    }
+    print(f"median: seed loop {summary['median_steps_per_s']['seed_loop']:.2f} steps/s, toytasks "
+          f"{summary['median_steps_per_s']['toytasks']:.2f} steps/s, ratio {summary['median_ratio']:.2f} "
+          "(toytasks / seed loop)")
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
