@@ -7,7 +7,11 @@ import torch
 from toytasks.tasks import IGNORE, TASKS, batch_from_split
 from toytasks.tasks.modular_addition import ModularAddition
 
-SMALL = {"modular_addition": dict(p=7, frac_train=0.5)}  # a small instance of each task
+SMALL = {  # a small instance of each task
+    "modular_addition": dict(p=7, frac_train=0.5),
+    "previous_token": dict(vocab=20, length=8),
+    "induction": dict(vocab=20, half=5),
+}
 
 
 @pytest.fixture(params=sorted(TASKS))

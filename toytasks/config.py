@@ -18,6 +18,7 @@ import yaml
 
 from .errors import ConfigError, ToytasksError
 from .measures.fourier import FourierConfig, check_applies as check_fourier_applies
+from .measures.heads import HeadsConfig, check_applies as check_heads_applies
 from .schema import build, to_plain
 from .tasks import Task, task_from_config
 
@@ -116,6 +117,9 @@ class MeasuresConfig:
 
     fourier: Optional[FourierConfig] = None
     """Modular addition's Fourier measures (restricted / excluded loss, key frequencies, ...)."""
+    heads: Optional[HeadsConfig] = None
+    """Attention-head scores (previous-token, duplicate-token, induction), attention to BOS,
+    loss by position and the in-context-learning score, for sampled causal tasks."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +166,8 @@ class Config:
             raise ConfigError("checkpoints.steps", f"step {late[0]} is past max_steps={self.max_steps}")
         if self.measures.fourier is not None:
             check_fourier_applies(self.task, self.model)
+        if self.measures.heads is not None:
+            check_heads_applies(self.task, self.model)
         if not self.experiment or "/" in self.experiment:
             raise ConfigError("experiment", f"must be a non-empty name without '/', got {self.experiment!r}")
 

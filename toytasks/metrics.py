@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+
+from .files import write_atomically
 
 
 class DeviceMetrics:
@@ -74,14 +75,15 @@ class MetricsTable(Logger):
 
     def save(self) -> None:
         columns = sorted({name for row in self.rows.values() for name in row})
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", *columns])
-            for step in sorted(self.rows):
-                row = self.rows[step]
-                writer.writerow([step, *(_fmt(row.get(c)) for c in columns)])
-        os.replace(tmp, self.path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["step", *columns])
+                for step in sorted(self.rows):
+                    writer.writerow([step, *(_fmt(self.rows[step].get(c)) for c in columns)])
+
+        write_atomically(self.path, write)
 
     def finalize(self, status: str) -> None:
         self.save()

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .measures.grokking import PHASES  # noqa: E402
+from .measures.heads import HEADS_SUMMARY  # noqa: E402
 
 PLOTS_DIR = "plots"
 
@@ -24,21 +25,65 @@ def plot_run(run) -> list[Path]:
         written.append(_save(restricted_excluded(metrics, phases(run)), out / "restricted_excluded_loss.png"))
     if run.task.name == "modular_addition":
         written.append(_save(embedding_fourier_norms(run), out / "embed_fourier_norms.png"))
+    if any(c.startswith("heads/induction/") for c in metrics.columns):
+        written.append(_save(head_scores(metrics, _summary(run, HEADS_SUMMARY)), out / "head_scores.png"))
+    if run.task.name == "previous_token" and "pos_loss/p1" in metrics.columns:
+        written.append(_save(loss_by_position(metrics), out / "loss_by_position.png"))
     return written
 
 
+def head_scores(metrics, summary: dict):
+    """Each head's previous-token, duplicate-token and induction score over training."""
+    kinds = ("prev_token", "duplicate_token", "induction")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    for ax, kind in zip(axes, kinds):
+        columns = sorted(c for c in metrics.columns if c.startswith(f"heads/{kind}/"))
+        for column in columns:
+            rows = metrics.dropna(subset=[column])
+            ax.plot(rows["step"], rows[column], label=column.rsplit("/", 1)[1])
+        ax.set(xlabel="step", title=f"{kind.replace('_', '-')} score", ylim=(-0.02, 1.02))
+        if summary.get("induction_onset_step") is not None:
+            _phase_lines(ax, {"induction onset": summary["induction_onset_step"]})
+        ax.legend(fontsize=7, ncol=2)
+    axes[0].set_ylabel("score (share of attention)")
+    return fig
+
+
+def loss_by_position(metrics):
+    """Loss at each position at a few evaluation steps (early positions are the hard ones)."""
+    columns = sorted((c for c in metrics.columns if c.startswith("pos_loss/p")), key=lambda c: int(c[10:]))
+    rows = metrics.dropna(subset=columns)
+    picks = rows.iloc[sorted({round(i * (len(rows) - 1) / 5) for i in range(6)})]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    positions = [int(c[10:]) for c in columns]
+    for _, row in picks.iterrows():
+        ax.plot(positions, row[columns].to_numpy(dtype=float), marker=".", label=f"step {int(row['step'])}")
+    ax.set(yscale="log", xlabel="position", ylabel="loss", title="Loss by position")
+    ax.legend()
+    return fig
+
+
 def phases(run) -> dict:
-    path = run.path / PHASES
+    return _summary(run, PHASES)
+
+
+def _summary(run, name: str) -> dict:
+    path = run.path / name
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def loss_curves(metrics, phase_steps: dict):
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, style in (("train", "-"), ("val", "-")):
+    for name in ("train", "val"):
+        if f"{name}/loss" not in metrics.columns:
+            continue
         rows = metrics.dropna(subset=[f"{name}/loss"])
         label = "test" if name == "val" else name
-        loss_ax.plot(rows["step"], rows[f"{name}/loss"], style, label=label)
-        acc_ax.plot(rows["step"], rows[f"{name}/acc"], style, label=label)
+        loss_ax.plot(rows["step"], rows[f"{name}/loss"], label=label)
+        acc_ax.plot(rows["step"], rows[f"{name}/acc"], label=label)
+    for column in sorted(c for c in metrics.columns if c.startswith("val/loss/")):  # e.g. induction's groups
+        rows = metrics.dropna(subset=[column])
+        loss_ax.plot(rows["step"], rows[column], ":", label=f"test, {column.rsplit('/', 1)[1]}")
     loss_ax.set(yscale="log", xlabel="step", ylabel="loss", title="Loss")
     acc_ax.set(xlabel="step", ylabel="accuracy", title="Accuracy", ylim=(-0.02, 1.02))
     for ax in (loss_ax, acc_ax):

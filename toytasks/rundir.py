@@ -19,7 +19,7 @@ import torch
 
 from .config import Config
 from .errors import ToytasksError
-from .series import write_atomically
+from .files import write_text
 
 CONFIG = "config.yaml"
 DATA_DIR = "data"
@@ -124,10 +124,6 @@ def write_meta(run_dir: Path, config: Config, **fields) -> dict:
     )
     write_text(run_dir / META, json.dumps(meta, indent=2))
     return meta
-
-
-def write_text(path: Path, text: str) -> None:
-    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _git_sha() -> str | None:

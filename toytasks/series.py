@@ -6,7 +6,6 @@ truncated file under a final name.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from .config import CheckpointConfig
+from .files import write_atomically
 
 SERIES_DIR = "series"
 _STEP_FILE = re.compile(r"step_(\d+)\.safetensors")
@@ -40,14 +40,6 @@ def saved_steps(run_dir: str | Path) -> list[int]:
     """Steps with a complete series file (a crashed write leaves only a hidden .tmp file)."""
     files = (Path(run_dir) / SERIES_DIR).glob("step_*.safetensors")
     return sorted(int(m.group(1)) for f in files if (m := _STEP_FILE.fullmatch(f.name)))
-
-
-def write_atomically(path: Path, write) -> None:
-    """`write(tmp_path)`, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def save_weights(model: torch.nn.Module, path: Path, step: int) -> None:

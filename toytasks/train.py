@@ -48,7 +48,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, callback
     module = ToyTaskModule(
         config,
         train_split=None if dataset is None else batch_from_split(dataset["train"]),
-        eval_split=None if dataset is None else batch_from_split(dataset["test"]),
+        eval_split=batch_from_split(dataset["test"]) if dataset is not None else held_out_batch(config),
     )
     resume_from = run_dir / RESUMABLE if resume and (run_dir / RESUMABLE).exists() else None
     start_step = resumable_step(resume_from) if resume_from else 0
@@ -87,6 +87,11 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, callback
     return run_dir
 
 
+def held_out_batch(config: Config, n: int = 512) -> dict:
+    """A sampled task's fixed evaluation batch, from a generator of its own (never the training one)."""
+    return config.task.sample(n, torch.Generator().manual_seed(config.seed + 1_000_003))
+
+
 def check_batch_size(config: Config) -> None:
     n_train = config.task.n_train if config.task.finite else None
     if n_train is not None and config.batch_size is not None and config.batch_size > n_train:
@@ -114,6 +119,13 @@ def measure_callbacks(config: Config, run_dir: Path) -> list[L.Callback]:
         callbacks.append(FourierCallback(FourierMeasures(config.task, fourier), run_dir,
                                          steps=checkpoint_steps(config.checkpoints, config.max_steps),
                                          every=fourier.every))
+    heads = config.measures.heads
+    if heads is not None:
+        from .measures.heads import HeadMeasures, HeadsCallback
+
+        callbacks.append(HeadsCallback(HeadMeasures(config.task, heads, config.seed), run_dir,
+                                       steps=checkpoint_steps(config.checkpoints, config.max_steps),
+                                       every=heads.every))
     return callbacks
 
 

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from ..model import build_model
-from ..series import saved_steps, series_path, write_atomically
+from ..files import write_atomically
+from ..series import saved_steps, series_path
 from .callback import MeasureCallback
 from .fourier import FourierMeasures
 from .phases import estimate_phases

@@ -11,28 +11,39 @@ from ..errors import ToytasksError
 from ..metrics import MetricsTable
 from .fourier import FourierConfig, FourierMeasures
 from .grokking import final_freq_rows, write_phases
+from .heads import HeadMeasures, HeadsConfig, write_heads_summary
 
 
 def measure_run(run, progress: bool = True) -> list[str]:
-    """Recompute every measure the run's config enables; returns the names written."""
-    fourier = run.config.measures.fourier
-    if fourier is None:
-        if run.task.name != "modular_addition":
-            raise ToytasksError(f"{run.path}: no progress measures apply to task {run.task.name}")
-        fourier = FourierConfig()  # a run trained without measures can still get them
+    """Recompute every measure that applies to the run; returns the names written."""
     if not run.steps:
         raise ToytasksError(f"{run.path}: the checkpoint series is empty")
-    measures = FourierMeasures(run.task, fourier)
     table = MetricsTable(run.path / "metrics.csv")
-    steps = _progress(run.steps, progress)
-    for step in steps:
-        table.log_metrics({k: v.item() for k, v in measures(run.model_at(step)).items()}, step=step)
-    rows = final_freq_rows(measures, run.model_at, run.steps, run.model_at(run.steps[-1]))
-    for step, row in rows.items():
-        table.log_metrics(row, step=step)
+    fourier, heads = run.config.measures.fourier, run.config.measures.heads
+    if run.task.name == "modular_addition":  # a run trained without measures can still get them
+        fourier = fourier or FourierConfig()
+    elif not run.task.finite and run.config.model.attention == "causal":
+        heads = heads or HeadsConfig()
+    if fourier is None and heads is None:
+        raise ToytasksError(f"{run.path}: no progress measures apply to task {run.task.name}")
+    if fourier is not None:
+        measures = FourierMeasures(run.task, fourier)
+        for step in _progress(run.steps, progress):
+            table.log_metrics({k: v.item() for k, v in measures(run.model_at(step)).items()}, step=step)
+        final_model = run.model_at(run.steps[-1])
+        for step, row in final_freq_rows(measures, run.model_at, run.steps, final_model).items():
+            table.log_metrics(row, step=step)
+    if heads is not None:
+        measures = HeadMeasures(run.task, heads, run.config.seed)
+        for step in _progress(run.steps, progress):
+            table.log_metrics({k: v.item() for k, v in measures(run.model_at(step)).items()}, step=step)
     table.save()
-    write_phases(run.path, pd.read_csv(run.path / "metrics.csv"))
-    return sorted({name for row in table.rows.values() for name in row if name.startswith("fourier/")})
+    if fourier is not None:
+        write_phases(run.path, pd.read_csv(run.path / "metrics.csv"))
+    if heads is not None:
+        write_heads_summary(run.path, heads)
+    prefixes = ("fourier/", "heads/", "icl/", "attn/", "pos_loss/")
+    return sorted({name for row in table.rows.values() for name in row if name.startswith(prefixes)})
 
 
 def _progress(steps, show: bool):

@@ -1,0 +1,147 @@
+"""Attention-head progress measures on token tensors, for any causal task.
+
+TransformerLens' own head detector needs text and a tokenizer; these scores read the attention
+patterns and the tokens directly. For every head, averaged over a fixed evaluation batch:
+
+- prev_token: attention from each position to the one before it;
+- duplicate_token: attention from a token to its earlier occurrences (where it has one);
+- induction: attention from a token to the positions just after its earlier occurrences (the
+  head detector's induction pattern: "the share of attention on the token after the previous
+  occurrence of the current token"), where it has one.
+
+Plus, for the no-position experiment, the average attention to BOS (position 0) per layer, and
+the in-context-learning score: the mean loss over the last quarter of the scored positions minus
+the mean loss over the first quarter (negative once later tokens are easier, as with induction).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..files import write_atomically
+from ..tasks import IGNORE
+from .callback import MeasureCallback
+
+HEADS_SUMMARY = "heads.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadsConfig:
+    every: int | None = None
+    """Evaluate every this many steps; null evaluates at the checkpoint-series steps."""
+    n_sequences: int = 256
+    """Size of the fixed evaluation batch (drawn once, from its own generator)."""
+    induction_threshold: float = 0.5
+    """The summary records the first step at which the best induction score reaches this."""
+
+    def __post_init__(self):
+        if self.every is not None and self.every < 1:
+            raise ConfigError("every", f"must be at least 1 or null, got {self.every}")
+        if self.n_sequences < 1:
+            raise ConfigError("n_sequences", f"must be at least 1, got {self.n_sequences}")
+
+
+def check_applies(task, model_cfg) -> None:
+    if task.finite:
+        raise ConfigError("measures.heads", f"needs a sampled task (previous_token, induction), not {task.name}")
+    if model_cfg.attention != "causal":
+        raise ConfigError("measures.heads", "needs causal attention (the scores read earlier positions)")
+
+
+def head_scores(pattern: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """pattern [batch, head, query, key], tokens [batch, pos] -> scores [head] per kind."""
+    n = tokens.shape[1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)  # key < query
+    same = (tokens[:, :, None] == tokens[:, None, :]) & earlier  # [batch, query, key]
+    after_same = F.pad(same[:, :, :-1], (1, 0))  # key - 1 is an earlier occurrence of the query's token
+    prev = pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, -1))
+    return {"prev_token": prev, "duplicate_token": _masked_share(pattern, same),
+            "induction": _masked_share(pattern, after_same)}
+
+
+def _masked_share(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the (batch, query) rows that have any masked key of the attention they put there."""
+    share = (pattern * mask[:, None]).sum(-1)  # [batch, head, query]
+    rows = mask.any(-1)[:, None].expand_as(share)  # [batch, head, query]
+    return (share * rows).sum(dim=(0, 2)) / rows.sum(dim=(0, 2)).clamp_min(1)
+
+
+def icl_score(per_token_loss: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """Mean loss over the last quarter of the scored positions minus over the first quarter."""
+    quarter = max(1, len(positions) // 4)
+    early, late = positions[:quarter], positions[-quarter:]
+    return per_token_loss[:, late].mean() - per_token_loss[:, early].mean()
+
+
+class HeadMeasures:
+    """Head scores, attention to BOS, per-position loss and ICL score on a fixed batch."""
+
+    def __init__(self, task, cfg: HeadsConfig, seed: int):
+        self.task, self.cfg = task, cfg
+        # Its own generator: the training stream never sees these draws.
+        self.batch = task.sample(cfg.n_sequences, torch.Generator().manual_seed(seed + 7_919))
+        self.positions = (self.batch["targets"] != IGNORE).any(0).nonzero().flatten().tolist()  # scored
+        self.groups = task.position_groups(self.batch) if hasattr(task, "position_groups") else {}
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, torch.Tensor]:
+        device = model.W_E.device
+        tokens, targets = (self.batch[k].to(device) for k in ("tokens", "targets"))
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+        values = {}
+        n_layers = model.cfg.n_layers
+        for layer in range(n_layers):
+            pattern = cache["pattern", layer]  # [batch, head, query, key]
+            for kind, scores in head_scores(pattern, tokens).items():
+                for head, score in enumerate(scores):
+                    values[f"heads/{kind}/L{layer}H{head}"] = score
+            values[f"attn/bos/L{layer}"] = pattern[..., 1:, 0].mean()  # queries after BOS itself
+        induction = torch.stack([v for k, v in values.items() if k.startswith("heads/induction/")])
+        values["heads/induction_max"] = induction.max()
+        scored = targets != IGNORE
+        loss = F.cross_entropy(logits.transpose(1, 2).double(), targets, ignore_index=IGNORE, reduction="none")
+        values["icl/score"] = icl_score(loss, self.positions)
+        per_position = (loss * scored).sum(0) / scored.sum(0).clamp_min(1)
+        for position in self.positions:
+            values[f"pos_loss/p{position}"] = per_position[position]
+        for group, mask in self.groups.items():
+            mask = mask.to(device)
+            values[f"val/loss/{group}"] = (loss * mask).sum() / mask.sum()
+        if model.cfg.positional_embedding_type == "standard":
+            values["weights/pos_embed_norm"] = model.W_pos.norm()
+        return values
+
+
+def induction_onset(metrics, threshold: float) -> int | None:
+    """The first step at which the best induction score reaches `threshold` (None if never)."""
+    if "heads/induction_max" not in metrics.columns:
+        return None
+    reached = metrics[metrics["heads/induction_max"] >= threshold]
+    return None if reached.empty else int(reached["step"].iloc[0])
+
+
+class HeadsCallback(MeasureCallback):
+    """The head measures during training, and `heads.json` (induction onset) when it ends."""
+
+    def __init__(self, measures: HeadMeasures, run_dir: Path, steps, every=None):
+        super().__init__(measures, steps=steps, every=every)
+        self.run_dir = Path(run_dir)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        pl_module.flush_metrics(save=True)
+        write_heads_summary(self.run_dir, self.measure.cfg)
+
+
+def write_heads_summary(run_dir: Path, cfg: HeadsConfig) -> dict:
+    import pandas as pd
+
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    summary = {"induction_threshold": cfg.induction_threshold,
+               "induction_onset_step": induction_onset(metrics, cfg.induction_threshold)}
+    write_atomically(run_dir / HEADS_SUMMARY, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    return summary
