@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
-from .errors import NonFiniteLoss
 from .data import Batch, TrainBatches
+from .errors import NonFiniteLoss
 from .metrics import DeviceMetrics
 from .model import build_model, trainable_parameters
 from .tasks import IGNORE

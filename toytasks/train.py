@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Sequence
 from pathlib import Path
+from typing import Sequence
 
 import lightning as L
 import torch
