@@ -19,6 +19,8 @@ from typing import ClassVar
 
 import torch
 
+from ..errors import ConfigError
+
 IGNORE = -100  # targets equal to this are not scored (PyTorch's cross_entropy convention)
 BATCH_KEYS = ("tokens", "targets", "attention_mask")
 
@@ -72,3 +74,25 @@ def batch_from_split(split, device: torch.device | str = "cpu") -> dict[str, tor
     columns = [k for k in BATCH_KEYS if k in split.column_names]
     table = split.with_format("torch", columns=columns)[:]
     return {k: table[k].to(device=device, dtype=torch.long) for k in columns}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSequenceTask(Task):
+    """A sampled task over tokens 0..vocab-1 (0 is BOS) that predicts tokens of the same vocabulary."""
+
+    finite: ClassVar[bool] = False
+
+    vocab: int = 100
+    """Vocabulary size, BOS (token 0) included."""
+
+    def __post_init__(self):
+        if self.vocab < 3:
+            raise ConfigError("vocab", f"must be at least 3, got {self.vocab}")
+
+    @property
+    def d_vocab(self) -> int:
+        return self.vocab
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.vocab

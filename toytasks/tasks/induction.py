@@ -22,34 +22,22 @@ import dataclasses
 import torch
 
 from ..errors import ConfigError
-from .base import IGNORE, Task, register
+from .base import IGNORE, TokenSequenceTask, register
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class Induction(Task):
+class Induction(TokenSequenceTask):
     name = "induction"
-    finite = False
     scored_positions = slice(0, -1)
 
-    vocab: int = 100
-    """Vocabulary size, BOS (token 0) included."""
     half: int = 20
     """Longest repeated segment; n_ctx = 2 * half + 1."""
 
     def __post_init__(self):
-        if self.vocab < 3:
-            raise ConfigError("vocab", f"must be at least 3, got {self.vocab}")
+        super().__post_init__()
         if self.half < 2:
             raise ConfigError("half", f"must be at least 2, got {self.half}")
-
-    @property
-    def d_vocab(self) -> int:
-        return self.vocab
-
-    @property
-    def d_vocab_out(self) -> int:
-        return self.vocab
 
     @property
     def n_ctx(self) -> int:

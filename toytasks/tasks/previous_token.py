@@ -18,14 +18,13 @@ import dataclasses
 import torch
 
 from ..errors import ConfigError
-from .base import IGNORE, Task, register
+from .base import IGNORE, TokenSequenceTask, register
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class PreviousToken(Task):
+class PreviousToken(TokenSequenceTask):
     name = "previous_token"
-    finite = False
     scored_positions = slice(1, None)
 
     vocab: int = 300
@@ -34,18 +33,9 @@ class PreviousToken(Task):
     """Sequence length, BOS included (the model's n_ctx)."""
 
     def __post_init__(self):
-        if self.vocab < 3:
-            raise ConfigError("vocab", f"must be at least 3, got {self.vocab}")
+        super().__post_init__()
         if self.length < 2:
             raise ConfigError("length", f"must be at least 2, got {self.length}")
-
-    @property
-    def d_vocab(self) -> int:
-        return self.vocab
-
-    @property
-    def d_vocab_out(self) -> int:
-        return self.vocab
 
     @property
     def n_ctx(self) -> int:
