@@ -80,13 +80,17 @@ def test_invalid_yaml_names_the_file(tmp_path, capsys):
 
 # --- property-based: whatever a user types, the loader answers with a Config or a one-line error
 
+import os  # noqa: E402
+
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from toytasks.errors import ToytasksError  # noqa: E402
 
 KEYS = ["seed", "max_steps", "out_dir", "task", "task.p", "task.frac_train", "task.name", "model.d_model",
-        "model.attention", "optim.lr", "optim.betas", "checkpoints.steps", "measures.fourier", "batch_size"]
+        "model.attention", "optim.lr", "optim.betas", "checkpoints.steps", "measures.fourier", "batch_size",
+        "model.seed", "checkpoints.every", "eval_every", "measures.heads", "measures", "on_nonfinite", "experiment",
+        "task.vocab", "model", "optim"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
                     st.text(max_size=12))
 yaml_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
@@ -96,7 +100,7 @@ override_values = st.one_of(st.text(max_size=15), st.sampled_from(["abc", "[1,2"
                                                                    "null", "[0.9, 0.98]", "'x'", ":"]))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(st.text(max_size=60), yaml_values.map(lambda v: __import__("yaml").safe_dump(v))),
        overrides=st.lists(st.one_of(st.text(max_size=20),
                                     st.tuples(st.sampled_from(KEYS), override_values).map("=".join)), max_size=3))

@@ -19,8 +19,6 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--overwrite", action="store_true", help="delete an earlier run of this config first")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    # Options may follow the overrides (`toytasks train c.yaml lr=1 --resume`): argparse leaves
-    # the overrides after an option unparsed, so collect them here.
     measure = commands.add_parser("measure", help="recompute the progress measures over a saved series")
     measure.add_argument("run_dirs", nargs="+", metavar="run_dir")
     measure.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -28,11 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     plot = commands.add_parser("plot", help="write PNG figures into RUN_DIR/plots/")
     plot.add_argument("run_dirs", nargs="+", metavar="run_dir")
 
+    # Options may follow the overrides (`toytasks train c.yaml lr=1 --resume`): argparse leaves
+    # the overrides after an option unparsed, so collect them here.
     args, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or args.command != "train"]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if hasattr(args, "overrides"):
+    if args.command == "train":
         args.overrides += extra
     try:
         if args.command == "train":

@@ -17,7 +17,7 @@ def task_from_config(data: Any, where: str = "task") -> Task:
     if not isinstance(data, Mapping) or "name" not in data:
         raise ConfigError(f"{where}.name", f"is required; known tasks: {', '.join(sorted(TASKS))}")
     name = data["name"]
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:
         raise ConfigError(f"{where}.name", f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return build(TASKS[name], {k: v for k, v in data.items() if k != "name"}, where)
 
