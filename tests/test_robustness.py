@@ -1,5 +1,4 @@
 """Crash safety, exact resume after SIGKILL, locks, safe loading, numerical faults, determinism."""
-import os
 import signal
 import subprocess
 import sys
@@ -49,7 +48,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:  # kill it past its 4th resumable checkpoint
         table = run_dir / "metrics.csv"
-        if table.exists() and (rows := table.read_text().count("\n")) > 230:
+        if table.exists() and table.read_text().count("\n") > 230:
             break
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed: make it longer"

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from .errors import ConfigError, ToytasksError
+from .errors import ConfigError, ToytasksError, first_line
 from .measures.fourier import FourierConfig, check_applies as check_fourier_applies
 from .measures.heads import HeadsConfig, check_applies as check_heads_applies
 from .schema import build, to_plain
@@ -236,7 +236,7 @@ def read_yaml(path: Path) -> dict:
     try:
         data = parse_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ToytasksError(f"{path}: not valid YAML ({_first_line(error)})") from None
+        raise ToytasksError(f"{path}: not valid YAML ({first_line(error)})") from None
     if not isinstance(data, dict):
         raise ToytasksError(f"{path}: expected a mapping of config fields at the top level")
     return data
@@ -252,7 +252,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         try:
             value = parse_yaml(text) if text.strip() else None
         except yaml.YAMLError as error:
-            raise ToytasksError(f"override {item!r}: value is not valid YAML ({_first_line(error)})") from None
+            raise ToytasksError(f"override {item!r}: value is not valid YAML ({first_line(error)})") from None
         *sections, name = key.strip().split(".")
         node = data
         for depth, section in enumerate(sections):
@@ -267,7 +267,3 @@ def _check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         shown = ", ".join("null" if a is None else str(a) for a in allowed)
         raise ConfigError(field, f"must be one of {shown}, got {value!r}")
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,6 +1,11 @@
 """The one exception type a user sees: the CLI prints it as a one-line error and exits with 2."""
 
 
+def first_line(error: Exception) -> str:
+    """An exception's message cut to one line (for one-line errors that wrap a library's)."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 class ToytasksError(Exception):
     """A problem with what the user asked for (a config, a file, a run directory)."""
 

@@ -113,7 +113,9 @@ class ToyTaskModule(L.LightningModule):
     @torch.no_grad()
     def evaluate(self) -> None:
         """Test loss and accuracy, the learning rate and the weight norm, at the current step."""
-        values = {"weights/sq_norm": sum((p.detach() ** 2).sum() for p in self.model.parameters())}
+        # One fused kernel for all parameters (as clip_grad_norm_ does), not a Python loop of them.
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        values = {"weights/sq_norm": torch.stack(norms).pow(2).sum()}
         if self.trainer.optimizers:
             values["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         if self.config.on_nonfinite == "skip":

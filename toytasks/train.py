@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .config import Config
-from .errors import ConfigError, NonFiniteLoss, ToytasksError
+from .errors import ConfigError, NonFiniteLoss, ToytasksError, first_line
 from .metrics import MetricsTable
 from .module import ToyTaskModule
 from .rundir import RunLock, load_or_make_dataset, prepare_run_dir, write_meta
@@ -104,28 +104,25 @@ def resumable_step(path: Path) -> int:
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
     except Exception as error:  # truncated, corrupted, or not a checkpoint at all
-        raise ToytasksError(f"{path}: cannot resume from this checkpoint ({_first_line(error)}); "
+        raise ToytasksError(f"{path}: cannot resume from this checkpoint ({first_line(error)}); "
                             "pass --overwrite to start over") from None
 
 
 def measure_callbacks(config: Config, run_dir: Path) -> list[L.Callback]:
     """The progress measures the config switches on, evaluated on the training device."""
     callbacks = []
+    steps = checkpoint_steps(config.checkpoints, config.max_steps)
     fourier = config.measures.fourier
     if fourier is not None:
         from .measures.fourier import FourierMeasures
         from .measures.grokking import FourierCallback
 
-        callbacks.append(FourierCallback(FourierMeasures(config.task, fourier), run_dir,
-                                         steps=checkpoint_steps(config.checkpoints, config.max_steps),
-                                         every=fourier.every))
+        callbacks.append(FourierCallback(FourierMeasures(config.task, fourier), run_dir, steps, fourier.every))
     heads = config.measures.heads
     if heads is not None:
         from .measures.heads import HeadMeasures, HeadsCallback
 
-        callbacks.append(HeadsCallback(HeadMeasures(config.task, heads, config.seed), run_dir,
-                                       steps=checkpoint_steps(config.checkpoints, config.max_steps),
-                                       every=heads.every))
+        callbacks.append(HeadsCallback(HeadMeasures(config.task, heads, config.seed), run_dir, steps, heads.every))
     return callbacks
 
 
@@ -150,7 +147,3 @@ class quiet_lightning:
         self._warnings.__exit__(*exc)
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

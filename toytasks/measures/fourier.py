@@ -28,23 +28,21 @@ import math
 import torch
 
 from ..errors import ConfigError
+from . import MeasureConfig
 
 NEURON_HOOK = "blocks.0.mlp.hook_post"
 RESID_MID_HOOK = "blocks.0.hook_resid_mid"
 
 
 @dataclasses.dataclass(frozen=True)
-class FourierConfig:
-    every: int | None = None
-    """Evaluate every this many steps; null evaluates at the checkpoint-series steps."""
+class FourierConfig(MeasureConfig):
     threshold: float = 0.5
     """A neuron belongs to frequency k when k explains at least this fraction of its variance."""
     min_neuron_frac: float = 0.01
     """k is a key frequency when at least this fraction of all neurons belong to it."""
 
     def __post_init__(self):
-        if self.every is not None and self.every < 1:
-            raise ConfigError("every", f"must be at least 1 or null, got {self.every}")
+        super().__post_init__()
         if not 0 < self.threshold <= 1:
             raise ConfigError("threshold", f"must be in (0, 1], got {self.threshold}")
         if not 0 < self.min_neuron_frac <= 1:
@@ -179,33 +177,37 @@ class FourierMeasures:
                 setattr(self, name, getattr(self, name).to(device))
 
     @torch.no_grad()
-    def __call__(self, model, final_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Named 0-d tensors on the model's device. With `final_mask`, only the losses restricted
-        to / excluding those frequencies (the `_final_freqs` measures)."""
+    def __call__(self, model, final_mask: torch.Tensor | None = None, live: bool = True) -> dict[str, torch.Tensor]:
+        """Named 0-d tensors on the model's device, from one forward pass: the live measures (key
+        frequencies of this model), and with `final_mask` also the losses restricted to / excluding
+        those frequencies (the `_final_freqs` measures)."""
         self._follow(model)
         logits, cache = model.run_with_cache(self.tokens, names_filter=[NEURON_HOOK, RESID_MID_HOOK])
         logits = logits[:, -1]  # [p*p, p]
         acts = cache[NEURON_HOOK][:, -1]  # [p*p, d_mlp]
         resid_mid = cache[RESID_MID_HOOK][:, -1]  # [p*p, d_model]
         W_out, W_U = model.blocks[0].mlp.W_out, model.unembed.W_U
+        values = {}
         if final_mask is not None:
             restricted, excluded = self._losses(logits, acts, resid_mid, W_out, W_U, final_mask)
-            return {"fourier/restricted_loss_final_freqs": restricted,
-                    "fourier/excluded_loss_final_freqs": excluded}
+            values["fourier/restricted_loss_final_freqs"] = restricted
+            values["fourier/excluded_loss_final_freqs"] = excluded
+        if not live:
+            return values
 
         fractions = neuron_freq_fractions(acts, self.p)  # [p//2, d_mlp]
         mask = self.key_mask(fractions)
         restricted, excluded = self._losses(logits, acts, resid_mid, W_out, W_U, mask)
         cos_sims, residual_frac = logit_periodicity(logits, mask, self.p)
         best_frac, best_freq = fractions.nan_to_num(0.0).max(dim=0)
-        values = {
+        values.update({
             "fourier/restricted_loss": restricted,
             "fourier/excluded_loss": excluded,
             "fourier/n_key_freqs": mask.sum(),
             "fourier/frac_neurons_key": ((best_frac >= self.cfg.threshold) & mask[best_freq]).float().mean(),
             "fourier/embed_gini": gini((self.basis @ model.W_E[:-1]).norm(dim=-1)),
             "fourier/logit_residual_frac": residual_frac,
-        }
+        })
         for k in range(1, self.p // 2 + 1):
             values[f"fourier/logit_cos_sim/k{k}"] = cos_sims[k - 1]
             values[f"fourier/key_freq/k{k}"] = mask[k - 1]

@@ -32,7 +32,7 @@ def final_freq_rows(measures: FourierMeasures, model_at: Callable[[int], torch.n
     rows = {}
     for step in steps:
         model = model_at(step)
-        rows[step] = {k: v.item() for k, v in measures(model, final_mask=mask).items()}
+        rows[step] = {k: v.item() for k, v in measures(model, final_mask=mask, live=False).items()}
     return rows
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from . import MeasureConfig
 from ..files import write_atomically
 from ..tasks import IGNORE
 from .callback import MeasureCallback
@@ -31,17 +32,14 @@ HEADS_SUMMARY = "heads.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class HeadsConfig:
-    every: int | None = None
-    """Evaluate every this many steps; null evaluates at the checkpoint-series steps."""
+class HeadsConfig(MeasureConfig):
     n_sequences: int = 256
     """Size of the fixed evaluation batch (drawn once, from its own generator)."""
     induction_threshold: float = 0.5
     """The summary records the first step at which the best induction score reaches this."""
 
     def __post_init__(self):
-        if self.every is not None and self.every < 1:
-            raise ConfigError("every", f"must be at least 1 or null, got {self.every}")
+        super().__post_init__()
         if self.n_sequences < 1:
             raise ConfigError("n_sequences", f"must be at least 1, got {self.n_sequences}")
 
@@ -91,7 +89,10 @@ class HeadMeasures:
     @torch.no_grad()
     def __call__(self, model) -> dict[str, torch.Tensor]:
         device = model.W_E.device
-        tokens, targets = (self.batch[k].to(device) for k in ("tokens", "targets"))
+        if self.batch["tokens"].device != device:  # moved once, on first use there
+            self.batch = {k: v.to(device) for k, v in self.batch.items()}
+            self.groups = {k: v.to(device) for k, v in self.groups.items()}
+        tokens, targets = self.batch["tokens"], self.batch["targets"]
         logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
         values = {}
         n_layers = model.cfg.n_layers
@@ -110,7 +111,6 @@ class HeadMeasures:
         for position in self.positions:
             values[f"pos_loss/p{position}"] = per_position[position]
         for group, mask in self.groups.items():
-            mask = mask.to(device)
             values[f"val/loss/{group}"] = (loss * mask).sum() / mask.sum()
         if model.cfg.positional_embedding_type == "standard":
             values["weights/pos_embed_norm"] = model.W_pos.norm()

@@ -10,7 +10,7 @@ import pandas as pd
 from ..errors import ToytasksError
 from ..metrics import MetricsTable
 from .fourier import FourierConfig, FourierMeasures
-from .grokking import final_freq_rows, write_phases
+from .grokking import write_phases
 from .heads import HeadMeasures, HeadsConfig, write_heads_summary
 
 
@@ -28,11 +28,10 @@ def measure_run(run, progress: bool = True) -> list[str]:
         raise ToytasksError(f"{run.path}: no progress measures apply to task {run.task.name}")
     if fourier is not None:
         measures = FourierMeasures(run.task, fourier)
-        for step in _progress(run.steps, progress):
-            table.log_metrics({k: v.item() for k, v in measures(run.model_at(step)).items()}, step=step)
-        final_model = run.model_at(run.steps[-1])
-        for step, row in final_freq_rows(measures, run.model_at, run.steps, final_model).items():
-            table.log_metrics(row, step=step)
+        final_mask = measures.final_key_mask(run.model_at(run.steps[-1]))
+        for step in _progress(run.steps, progress):  # one load and one forward pass per checkpoint
+            values = measures(run.model_at(step), final_mask=final_mask)
+            table.log_metrics({k: v.item() for k, v in values.items()}, step=step)
     if heads is not None:
         measures = HeadMeasures(run.task, heads, run.config.seed)
         for step in _progress(run.steps, progress):
