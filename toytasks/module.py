@@ -45,6 +45,7 @@ class ToyTaskModule(L.LightningModule):
         self._resume_batches: Optional[dict] = None
         self.first_nonfinite: Optional[torch.Tensor] = None  # device scalar: first bad step, or -1
         self.skipped_steps = self.skips_in_a_row = 0
+        self._weights: Optional[list[torch.Tensor]] = None  # for the weight norm
 
     def forward(self, tokens: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         # The bridge's native module holds the same parameters without the hook wrappers: the
@@ -114,7 +115,9 @@ class ToyTaskModule(L.LightningModule):
     def evaluate(self) -> None:
         """Test loss and accuracy, the learning rate and the weight norm, at the current step."""
         # One fused kernel for all parameters (as clip_grad_norm_ does), not a Python loop of them.
-        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        if self._weights is None:  # collected once, after the move to the device
+            self._weights = [p.detach() for p in self.model.parameters()]
+        norms = torch._foreach_norm(self._weights)
         values = {"weights/sq_norm": torch.stack(norms).pow(2).sum()}
         if self.trainer.optimizers:
             values["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
