@@ -123,6 +123,33 @@ class MeasuresConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """How Lightning runs a single run: which accelerator, how many devices and machines."""
+
+    accelerator: str = "auto"
+    """auto (a GPU when there is one, else the CPU), cpu, gpu, cuda or mps."""
+    devices: int = 1
+    """Devices per machine. With more than one, Lightning's DDP trains one process per device;
+    each draws its own batches (batch_size is per device), and a full batch is computed on every
+    device alike, so extra devices help sampled and mini-batch runs only."""
+    num_nodes: int = 1
+    """Machines (a SLURM allocation started with `srun`), each running `devices` processes."""
+    strategy: str = "auto"
+    """auto (Lightning's choice: DDP for several devices) or ddp."""
+
+    def __post_init__(self):
+        _check_choice("accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
+        _check_choice("strategy", self.strategy, ("auto", "ddp"))
+        for name in ("devices", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     task: Task
     """The task and its hyperparameters: `{name: modular_addition, p: 113, ...}`."""
@@ -130,6 +157,9 @@ class Config:
     """Optimizer steps to train for."""
     seed: int = 0
     """The run's seed: data sampling, and the model's initialisation unless model.seed is set."""
+    seeds: Optional[list[int]] = None
+    """Train these seeds at once, as an ensemble in one process (toytasks/ensemble.py): one run
+    directory per seed, each the same as a run of this config with `seed: s`. `seed` is unused."""
     out_dir: str = "checkpoints"
     """Root of the run directories: OUT_DIR/<experiment>/<run_id>/."""
     experiment: str = "default"
@@ -138,6 +168,7 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     checkpoints: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     measures: MeasuresConfig = dataclasses.field(default_factory=MeasuresConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     batch_size: Optional[int] = None
     """Examples per step; null trains on the whole train split every step (full batch)."""
     eval_every: int = 1
@@ -170,6 +201,28 @@ class Config:
             check_heads_applies(self.task, self.model)
         if not self.experiment or "/" in self.experiment:
             raise ConfigError("experiment", f"must be a non-empty name without '/', got {self.experiment!r}")
+        if self.trainer.world_size > 1 and self.on_nonfinite == "skip":
+            raise ConfigError("on_nonfinite", "`skip` needs one device (a skipped step would stall DDP)")
+        if self.seeds is not None:
+            self._check_ensemble()
+
+    def _check_ensemble(self) -> None:
+        if not self.seeds:
+            raise ConfigError("seeds", "must list at least one seed, or be null for a single run")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("seeds", f"must be distinct, got {self.seeds}")
+        # One optimizer step updates every seed, so a step cannot be skipped for one seed alone.
+        if self.on_nonfinite != "stop":
+            raise ConfigError("on_nonfinite", "an ensemble (seeds) supports only `stop`")
+        if self.trainer.world_size != 1:
+            raise ConfigError("trainer.devices", "an ensemble (seeds) trains on one device")
+
+    @property
+    def members(self) -> list["Config"]:
+        """The single runs this config stands for: itself, or one per seed of an ensemble."""
+        if self.seeds is None:
+            return [self]
+        return [dataclasses.replace(self, seed=seed, seeds=None) for seed in self.seeds]
 
     @property
     def model_seed(self) -> int:
@@ -178,6 +231,8 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         data = to_plain(self)
         data["task"] = {"name": self.task.name, **data["task"]}
+        if self.seeds is None:  # a single run's config.yaml names its seed only
+            del data["seeds"]
         return data
 
     def to_yaml(self) -> str:
@@ -187,6 +242,13 @@ class Config:
     def run_id(self) -> str:
         """A short hash of everything that changes the result, plus the seed; never the clock."""
         identity = {k: v for k, v in self.to_dict().items() if k != "out_dir"}
+        # The accelerator is where a run trains, not what it computes; the other trainer fields
+        # count only when they differ from the defaults, so runs keep the ids they had before
+        # the trainer section existed.
+        defaults = to_plain(TrainerConfig())
+        trainer = {k: v for k, v in identity.pop("trainer").items() if k != "accelerator" and v != defaults[k]}
+        if trainer:
+            identity["trainer"] = trainer
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         return f"{digest}-s{self.seed}"
 
@@ -253,14 +315,19 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
             value = parse_yaml(text) if text.strip() else None
         except yaml.YAMLError as error:
             raise ToytasksError(f"override {item!r}: value is not valid YAML ({first_line(error)})") from None
-        *sections, name = key.strip().split(".")
-        node = data
-        for depth, section in enumerate(sections):
-            node = node.setdefault(section, {})
-            if not isinstance(node, dict):
-                raise ToytasksError(f"override {item!r}: {'.'.join(sections[:depth + 1])} is not a section")
-        node[name] = value
+        set_dotted(data, key.strip(), value, f"override {item!r}")
     return data
+
+
+def set_dotted(data: dict, key: str, value: Any, where: str) -> None:
+    """`data[a][b] = value` for the key `a.b`, creating sections on the way (in place)."""
+    *sections, name = key.split(".")
+    node = data
+    for depth, section in enumerate(sections):
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ToytasksError(f"{where}: {'.'.join(sections[:depth + 1])} is not a section")
+    node[name] = value
 
 
 def _check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 from .files import write_atomically
 
@@ -64,6 +65,7 @@ class MetricsTable(Logger):
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         pass  # the resolved config.yaml beside the table holds them
 
+    @rank_zero_only  # with several DDP processes, process 0 keeps the table
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
         if step is None:
             raise ValueError("MetricsTable needs the step of every row")
@@ -73,6 +75,7 @@ class MetricsTable(Logger):
         """Forget rows past `step` (a resumed run writes them again)."""
         self.rows = {s: row for s, row in self.rows.items() if s <= step}
 
+    @rank_zero_only
     def save(self) -> None:
         columns = sorted({name for row in self.rows.values() for name in row})
 

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from .config import Config
+from .config import Config, OptimConfig
 from .data import Batch, TrainBatches
 from .errors import NonFiniteLoss
 from .metrics import DeviceMetrics
@@ -64,8 +64,9 @@ class ToyTaskModule(L.LightningModule):
 
     def train_dataloader(self) -> TrainBatches:
         if self.batches is None:
+            # Each DDP process draws its own batches; process 0 draws what a one-device run would.
             self.batches = TrainBatches(self.task, self.config.max_steps, self.config.batch_size,
-                                        seed=self.config.seed, device=self.device,
+                                        seed=self.config.seed + (self.global_rank << 32), device=self.device,
                                         train_split=self.train_split)
             if self._resume_batches is not None:
                 self.batches.load_state_dict(self._resume_batches)
@@ -146,13 +147,7 @@ class ToyTaskModule(L.LightningModule):
 
     # --- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
-        o = self.config.optim
-        optimizer = torch.optim.AdamW(trainable_parameters(self.model), lr=o.lr,
-                                      weight_decay=o.weight_decay, betas=o.betas)
-        warmup = o.warmup_steps
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(step / warmup, 1.0) if warmup else 1.0)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return optimizer_and_schedule(trainable_parameters(self.model), self.config.optim)
 
     # --- resumable state --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -162,3 +157,11 @@ class ToyTaskModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resume_batches = checkpoint.get("toytasks_batches")
+
+
+def optimizer_and_schedule(parameters, o: OptimConfig) -> dict:
+    """AdamW with a linear warmup, stepped every optimizer step (Lightning's return format)."""
+    optimizer = torch.optim.AdamW(parameters, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+    warmup = o.warmup_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(step / warmup, 1.0) if warmup else 1.0)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -60,7 +60,8 @@ class CheckpointSeries(L.Callback):
         step = trainer.global_step
         if step in self.steps:
             pl_module.raise_if_nonfinite()
-            save_weights(pl_module.model, series_path(self.run_dir, step), step)
+            if trainer.is_global_zero:
+                save_weights(pl_module.model, series_path(self.run_dir, step), step)
 
 
 class ResumableCheckpoint(L.Callback):
@@ -73,4 +74,7 @@ class ResumableCheckpoint(L.Callback):
         step = trainer.global_step
         if step % self.every == 0 or step == self.max_steps:
             pl_module.raise_if_nonfinite()
-            write_atomically(self.path, trainer.save_checkpoint)
+            if trainer.is_global_zero:
+                write_atomically(self.path, trainer.save_checkpoint)
+            else:  # every DDP process takes part in saving; only process 0 writes the file
+                trainer.save_checkpoint(self.path)

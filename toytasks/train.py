@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from .config import Config
 from .errors import ConfigError, NonFiniteLoss, ToytasksError, first_line
@@ -37,14 +38,30 @@ class StepProgressBar(TQDMProgressBar):
 def train(config: Config, resume: bool = False, overwrite: bool = False, progress: bool = True,
           callbacks: Sequence[L.Callback] = ()) -> Path:
     """Train `config` and return its run directory. `callbacks` run after toytasks' own."""
+    if config.seeds is not None:
+        raise ToytasksError("this config trains an ensemble of seeds: use toytasks.ensemble.train_ensemble")
     check_batch_size(config)
+    if global_rank() > 0:
+        # A further DDP process (started by Lightning's launcher, or by srun): process 0 owns
+        # the run directory, its lock and its files; this one trains and writes nothing.
+        with quiet_lightning():
+            return _train(config, config.run_dir, resume, progress, callbacks)
     run_dir = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     with RunLock(run_dir), quiet_lightning():
         return _train(config, run_dir, resume, progress, callbacks)
 
 
+def global_rank() -> int:
+    """This process's rank among the DDP processes of a run, known before the Trainer exists
+    (Lightning reads it from the launcher's or SLURM's environment at import)."""
+    return getattr(rank_zero_only, "rank", 0)
+
+
 def _train(config: Config, run_dir: Path, resume: bool, progress: bool, callbacks: Sequence[L.Callback]) -> Path:
-    dataset = load_or_make_dataset(config, run_dir)
+    if global_rank() == 0:
+        dataset = load_or_make_dataset(config, run_dir)
+    else:  # the same data, without racing process 0 to write it
+        dataset = config.task.make_dataset() if config.task.finite else None
     module = ToyTaskModule(
         config,
         train_split=None if dataset is None else batch_from_split(dataset["train"]),
@@ -57,7 +74,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, callback
     table = MetricsTable(run_dir / "metrics.csv")
     table.truncate_after(start_step - 1)
     trainer = L.Trainer(
-        max_steps=config.max_steps, max_epochs=-1, accelerator="auto", devices=1,
+        max_steps=config.max_steps, max_epochs=-1, accelerator=config.trainer.accelerator,
+        devices=config.trainer.devices, num_nodes=config.trainer.num_nodes, strategy=config.trainer.strategy,
         logger=[TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False,
                                   purge_step=start_step or None), table],
         callbacks=[CheckpointSeries(run_dir, checkpoint_steps(config.checkpoints, config.max_steps)),
@@ -68,7 +86,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, callback
         enable_model_summary=False, enable_progress_bar=progress, num_sanity_val_steps=0,
         limit_val_batches=0, log_every_n_steps=config.log_every,
     )
-    meta = write_meta(run_dir, config, device=str(trainer.strategy.root_device), finished=False)
+    writer = trainer.is_global_zero
+    meta = write_meta(run_dir, config, device=str(trainer.strategy.root_device), finished=False) if writer else {}
     started, precision = time.time(), torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(config.matmul_precision)
     try:
@@ -78,12 +97,14 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, callback
         good = f"the last good checkpoint is {series_path(run_dir, steps[-1])}" if steps else "no checkpoint was saved"
         message = (f"{error} ({config.experiment}); training stopped, {good}. "
                    "Lower the learning rate, or set on_nonfinite=skip")
-        write_meta(run_dir, config, failed=message)
+        if writer:
+            write_meta(run_dir, config, failed=message)
         raise NonFiniteLoss(error.step, message) from None
     finally:
         torch.set_float32_matmul_precision(precision)
-    write_meta(run_dir, config, finished=True, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-               wall_seconds=round(meta.get("wall_seconds", 0.0) + time.time() - started, 2))
+    if writer:
+        write_meta(run_dir, config, finished=True, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   wall_seconds=round(meta.get("wall_seconds", 0.0) + time.time() - started, 2))
     return run_dir
 
 
@@ -117,7 +138,8 @@ def measure_callbacks(config: Config, run_dir: Path) -> list[L.Callback]:
         from .measures.fourier import FourierMeasures
         from .measures.grokking import FourierCallback
 
-        callbacks.append(FourierCallback(FourierMeasures(config.task, fourier), run_dir, steps, fourier.every))
+        callbacks.append(FourierCallback(FourierMeasures(config.task, fourier), run_dir, config, steps,
+                                         fourier.every))
     heads = config.measures.heads
     if heads is not None:
         from .measures.heads import HeadMeasures, HeadsCallback

@@ -43,25 +43,25 @@ def write_phases(run_dir: Path, metrics: pd.DataFrame) -> dict:
 
 
 class FourierCallback(MeasureCallback):
-    def __init__(self, measures: FourierMeasures, run_dir: Path, steps, every=None):
+    def __init__(self, measures: FourierMeasures, run_dir: Path, config, steps, every=None):
         super().__init__(measures, steps=steps, every=every)
-        self.run_dir = Path(run_dir)
+        self.run_dir, self.config = Path(run_dir), config
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        pl_module.flush_metrics()
-        model, config = pl_module.model, pl_module.config
-        scratch = build_model(config.model, config.task, config.model_seed, device=pl_module.device).eval()
+    def finish(self, model, loggers) -> None:
+        """The `_final_freqs` losses over the saved series, and phases.json."""
+        config, device = self.config, model.W_E.device
+        scratch = build_model(config.model, config.task, config.model_seed, device=device).eval()
 
         def model_at(step: int):
-            scratch.load_state_dict(load_file(str(series_path(self.run_dir, step)), device=str(pl_module.device)))
+            scratch.load_state_dict(load_file(str(series_path(self.run_dir, step)), device=str(device)))
             return scratch
 
         was_training = model.training
         rows = final_freq_rows(self.measure, model_at, saved_steps(self.run_dir), model.eval())
         model.train(was_training)
         for step, row in rows.items():
-            for logger in trainer.loggers:
+            for logger in loggers:
                 logger.log_metrics(row, step=step)
-        for logger in trainer.loggers:
+        for logger in loggers:
             logger.save()
         write_phases(self.run_dir, pd.read_csv(self.run_dir / "metrics.csv"))

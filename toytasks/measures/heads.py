@@ -132,8 +132,7 @@ class HeadsCallback(MeasureCallback):
         super().__init__(measures, steps=steps, every=every)
         self.run_dir = Path(run_dir)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        pl_module.flush_metrics(save=True)
+    def finish(self, model, loggers) -> None:
         write_heads_summary(self.run_dir, self.measure.cfg)
 
 
