@@ -1,0 +1,131 @@
+"""`toytasks plot SWEEP_DIR`: a sweep's headline number against the swept value, with the spread
+over seeds, in SWEEP_DIR/plots/sweep.png (and the numbers in sweep.csv beside it).
+
+A sweep directory is one holding run directories (checkpoints/<experiment>/). Each run gives one
+row: `run`, its config flattened to dotted columns (`optim.weight_decay`, `seed`, ...) and its
+task's headline number (HEADLINES). The swept values are the config columns that differ between
+runs, seeds aside; the one with the most values is the x axis, any others split the runs into
+lines.
+
+`run_table` is a small stand-in for `load_runs(...).configs` (toytasks/runs.py, being written in
+the analysis branch), which has the same shape: `plot_sweep` takes either.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from .plots import PLOTS_DIR, _save, plt
+
+GROKKED = 0.99
+
+
+def grokking_step(metrics: pd.DataFrame) -> float:
+    """The first step at which test accuracy reaches 0.99 (NaN if it never does)."""
+    reached = metrics.loc[metrics["val/acc"] >= GROKKED, "step"]
+    return float(reached.iloc[0]) if len(reached) else math.nan
+
+
+def final(column: str) -> Callable[[pd.DataFrame], float]:
+    def value(metrics: pd.DataFrame) -> float:
+        values = metrics[column].dropna() if column in metrics else pd.Series(dtype=float)
+        return float(values.iloc[-1]) if len(values) else math.nan
+    return value
+
+
+# task name -> (what the number is, how to read it from a run's metrics table)
+HEADLINES: dict[str, tuple[str, Callable[[pd.DataFrame], float]]] = {
+    "modular_addition": (f"grokking step (test accuracy first >= {GROKKED})", grokking_step),
+    "induction": ("final best induction score", final("heads/induction_max")),
+}
+DEFAULT_HEADLINE = ("final test loss", final("val/loss"))
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """Nested config data as dotted columns; lists become tuples (hashable, comparable)."""
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else ("{}" if value == {} else value)
+    return flat
+
+
+def run_dirs_in(directory: Path) -> list[Path]:
+    return sorted(p for p in Path(directory).iterdir() if (p / "config.yaml").is_file())
+
+
+def run_table(run_dirs: list[Path]) -> pd.DataFrame:
+    """One row per run: `run`, the dotted config columns, and `headline` (its label in attrs)."""
+    from .run import load_run
+
+    rows, labels = [], set()
+    for run_dir in run_dirs:
+        run = load_run(run_dir)
+        label, read = HEADLINES.get(run.task.name, DEFAULT_HEADLINE)
+        labels.add(label)
+        metrics = run.metrics if (run.path / "metrics.csv").exists() else pd.DataFrame({"step": []})
+        rows.append({"run": str(run.path), **flatten(run.config.to_dict()), "headline": read(metrics)})
+    table = pd.DataFrame(rows)
+    table.attrs["headline"] = " / ".join(sorted(labels))
+    return table
+
+
+def swept_columns(table: pd.DataFrame) -> list[str]:
+    """Config columns whose value differs between runs, apart from the seed and where they live;
+    the one with the most values first (it makes the x axis)."""
+    skip = {"run", "headline", "seed", "model.seed", "out_dir", "experiment"}
+    counts = {c: table[c].astype(str).nunique() for c in table.columns if c not in skip}
+    return sorted((c for c, n in counts.items() if n > 1), key=lambda c: -counts[c])
+
+
+def plot_sweep(table: pd.DataFrame, label: str = "headline"):
+    """Each run's headline (dots) and the mean over seeds with its min-max range, against the
+    first swept column; one line per combination of the others. Runs that never reach the
+    headline (NaN, e.g. never grokked) are counted in the title."""
+    swept = swept_columns(table)
+    x, lines = (swept[0], swept[1:]) if swept else (None, [])
+    table = table.assign(
+        _x=table[x] if x else "all runs",
+        _line=table[lines].astype(str).apply(lambda r: ", ".join(f"{c}={r[c]}" for c in lines), axis=1) if lines else "")
+    numeric = x is not None and pd.api.types.is_numeric_dtype(table[x])
+    if not numeric:
+        table["_x"] = table["_x"].astype(str)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for line_label, group in table.groupby("_line"):
+        stats = group.groupby("_x")["headline"].agg(["mean", "min", "max"]).dropna()
+        errors = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
+        drawn = ax.errorbar(stats.index, stats["mean"], yerr=errors, marker="o", capsize=4, label=line_label or None)
+        ax.scatter(group["_x"], group["headline"], color=drawn[0].get_color(), alpha=0.4, s=18)
+    if numeric and (table[x] > 0).all() and table[x].max() >= 10 * table[x].min():
+        ax.set_xscale("log")
+    seeds = table.groupby(["_x", "_line"])["seed"].nunique().max()
+    title = f"{len(table)} runs, up to {seeds} seeds per point: mean, min-max and each run"
+    missing = int(table["headline"].isna().sum())
+    if missing:
+        title += f"\n{missing} run(s) never reached it (not shown)"
+    ax.set(xlabel=x or "", ylabel=table.attrs.get("headline", label), title=title)
+    if lines:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_sweep_dir(directory: str | Path) -> list[Path]:
+    """Write SWEEP_DIR/plots/sweep.png and sweep.csv; returns their paths."""
+    from .errors import ToytasksError
+
+    directory = Path(directory)
+    run_dirs = run_dirs_in(directory)
+    if not run_dirs:
+        raise ToytasksError(f"{directory}: neither a run directory nor a directory of runs")
+    table = run_table(run_dirs)
+    out = directory / PLOTS_DIR
+    out.mkdir(exist_ok=True)
+    csv = out / "sweep.csv"
+    table[["run", *swept_columns(table), "seed", "headline"]].to_csv(csv, index=False)
+    return [_save(plot_sweep(table), out / "sweep.png"), csv]
