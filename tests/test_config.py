@@ -32,6 +32,27 @@ def test_run_id_is_a_hash_plus_seed_and_ignores_out_dir():
     assert load_config(GROKKING, ["optim.lr=3e-3"]).run_id != a.run_id
 
 
+def test_trainer_section_keeps_run_ids_and_counts_only_what_changes_results():
+    import hashlib
+    import json
+
+    c = load_config(GROKKING)
+    assert c.trainer.accelerator == "auto" and (c.trainer.devices, c.trainer.num_nodes) == (1, 1)
+    # With the default trainer, the id is the one computed before the section existed.
+    before = {k: v for k, v in c.to_dict().items() if k not in ("out_dir", "trainer")}
+    assert c.run_id == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:8] + "-s999"
+    assert load_config(GROKKING, ["trainer.accelerator=cpu"]).run_id == c.run_id  # where, not what
+    assert load_config(GROKKING, ["trainer.devices=2"]).run_id != c.run_id  # per-device batches
+
+
+def test_an_ensemble_stands_for_one_single_run_per_seed():
+    c = load_config(GROKKING, ["seeds=[0, 1]"])
+    assert [(m.seed, m.seeds) for m in c.members] == [(0, None), (1, None)]
+    assert c.members[1] == load_config(GROKKING, ["seed=1"])
+    assert "seeds" not in c.members[0].to_dict() and c.to_dict()["seeds"] == [0, 1]
+    assert load_config(GROKKING).members == [load_config(GROKKING)]
+
+
 def test_yaml_round_trip(tmp_path):
     c = load_config(GROKKING, ["seed=0"])  # seed 0 is a seed, not "unset"
     path = tmp_path / "again.yaml"
@@ -62,6 +83,10 @@ def test_yaml_round_trip(tmp_path):
     ([GROKKING, "on_nonfinite=ignore"], "on_nonfinite: must be one of stop, skip"),
     ([GROKKING, "optim.betas=[0.9]"], "optim.betas: expected a list of 2 values"),
     (["no/such/file.yaml"], "no/such/file.yaml: config file not found"),
+    ([GROKKING, "trainer.devices=0"], "trainer.devices: must be at least 1"),
+    ([GROKKING, "trainer.strategy=fsdp"], "trainer.strategy: must be one of auto, ddp"),
+    ([GROKKING, "trainer.accelerator=abacus"], "trainer.accelerator: must be one of auto, cpu"),
+    ([GROKKING, "trainer.devices=2", "on_nonfinite=skip"], "on_nonfinite: `skip` needs one device"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, field, capsys):
     assert main(["train", *args]) == 2
