@@ -162,7 +162,8 @@ def test_plot_of_a_sweep_directory(tmp_path, capsys):
     png, csv = (Path(line) for line in capsys.readouterr().out.split())
     assert png.name == "sweep.png" and png.stat().st_size > 10_000
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["run", "optim.lr", "seed", "headline"] and len(table) == 4
+    assert list(table.columns) == ["run", "optim.lr", "seed", "finished", "headline"] and len(table) == 4
+    assert table["finished"].all()
     for _, row in table.iterrows():  # the final best induction score of each run
         assert row["headline"] == load_run(row["run"]).metrics["heads/induction_max"].dropna().iloc[-1]
 

@@ -158,7 +158,7 @@ class Config:
     seed: int = 0
     """The run's seed: data sampling, and the model's initialisation unless model.seed is set."""
     seeds: Optional[list[int]] = None
-    """Train these seeds at once, as an ensemble in one process (toytasks/ensemble.py): one run
+    """Train these seeds at once, as an ensemble in one process (toytasks/ensemble/): one run
     directory per seed, each the same as a run of this config with `seed: s`. `seed` is unused."""
     out_dir: str = "checkpoints"
     """Root of the run directories: OUT_DIR/<experiment>/<run_id>/."""

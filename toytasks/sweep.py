@@ -206,12 +206,18 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -
                 say(f"[{point.index + 1}/{total}] FAILED (exit {code}) after {seconds:.0f} s: "
                     f"{_last_line(log)}  (log: {log})")
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         list(pool.map(run, todo))
-    skipped = total - len(todo)
-    say(f"sweep {sweep.name}: {total} points, {skipped} already finished, {len(todo) - len(failed)} trained now, "
-        f"{len(failed)} failed" + (": " + "; ".join(f"point {p.index} ({p.label})" for p in failed) if failed else ""))
-    return sorted(failed, key=lambda p: p.index)
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too; start no further point
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    failed.sort(key=lambda p: p.index)
+    say(f"sweep {sweep.name}: {total} points, {total - len(todo)} already finished, {len(todo) - len(failed)} "
+        f"trained now, {len(failed)} failed" + "".join(f"{'; ' if i else ': '}point {p.index} ({p.label})"
+                                                      for i, p in enumerate(failed)))
+    return failed
 
 
 def worker_env(jobs: int) -> dict[str, str]:

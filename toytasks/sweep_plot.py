@@ -25,6 +25,8 @@ GROKKED = 0.99
 
 def grokking_step(metrics: pd.DataFrame) -> float:
     """The first step at which test accuracy reaches 0.99 (NaN if it never does)."""
+    if "val/acc" not in metrics:
+        return math.nan
     reached = metrics.loc[metrics["val/acc"] >= GROKKED, "step"]
     return float(reached.iloc[0]) if len(reached) else math.nan
 
@@ -61,7 +63,8 @@ def run_dirs_in(directory: Path) -> list[Path]:
 
 
 def run_table(run_dirs: list[Path]) -> pd.DataFrame:
-    """One row per run: `run`, the dotted config columns, and `headline` (its label in attrs)."""
+    """One row per run: `run`, the dotted config columns, `finished`, and `headline` (its label in attrs)."""
+    from .rundir import read_meta
     from .run import load_run
 
     rows, labels = [], set()
@@ -70,7 +73,8 @@ def run_table(run_dirs: list[Path]) -> pd.DataFrame:
         label, read = HEADLINES.get(run.task.name, DEFAULT_HEADLINE)
         labels.add(label)
         metrics = run.metrics if (run.path / "metrics.csv").exists() else pd.DataFrame({"step": []})
-        rows.append({"run": str(run.path), **flatten(run.config.to_dict()), "headline": read(metrics)})
+        rows.append({"run": str(run.path), **flatten(run.config.to_dict()),
+                     "finished": bool(read_meta(run.path).get("finished")), "headline": read(metrics)})
     table = pd.DataFrame(rows)
     table.attrs["headline"] = " / ".join(sorted(labels))
     return table
@@ -79,7 +83,7 @@ def run_table(run_dirs: list[Path]) -> pd.DataFrame:
 def swept_columns(table: pd.DataFrame) -> list[str]:
     """Config columns whose value differs between runs, apart from the seed and where they live;
     the one with the most values first (it makes the x axis)."""
-    skip = {"run", "headline", "seed", "model.seed", "out_dir", "experiment"}
+    skip = {"run", "finished", "headline", "seed", "model.seed", "out_dir", "experiment"}
     counts = {c: table[c].astype(str).nunique() for c in table.columns if c not in skip}
     return sorted((c for c, n in counts.items() if n > 1), key=lambda c: -counts[c])
 
@@ -127,5 +131,12 @@ def plot_sweep_dir(directory: str | Path) -> list[Path]:
     out = directory / PLOTS_DIR
     out.mkdir(exist_ok=True)
     csv = out / "sweep.csv"
-    table[["run", *swept_columns(table), "seed", "headline"]].to_csv(csv, index=False)
-    return [_save(plot_sweep(table), out / "sweep.png"), csv]
+    table[["run", *swept_columns(table), "seed", "finished", "headline"]].to_csv(csv, index=False)
+    finished = table[table["finished"]]
+    if finished.empty:
+        raise ToytasksError(f"{directory}: none of its {len(table)} runs has finished yet")
+    finished.attrs = table.attrs
+    fig = plot_sweep(finished)
+    if len(finished) < len(table):
+        fig.axes[0].set_title(f"{fig.axes[0].get_title()}\n({len(table) - len(finished)} unfinished run(s) left out)")
+    return [_save(fig, out / "sweep.png"), csv]

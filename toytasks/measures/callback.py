@@ -4,7 +4,7 @@ It evaluates at the checkpoint-series steps (step 0 included) or every N steps, 
 without gradients on the model's device, restores the model's mode, and hands the values to the
 module's device-side metrics, so they are logged with the exact step and no extra host sync.
 The schedule (`due_at_start`, `due_after`), the evaluation (`values`) and the end-of-run summary
-(`finish`) are plain methods, so the ensemble trainer (toytasks/ensemble.py) drives the same
+(`finish`) are plain methods, so the ensemble trainer (toytasks/ensemble/) drives the same
 callbacks for each of its seeds without Lightning calling them.
 """
 from __future__ import annotations
