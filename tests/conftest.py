@@ -4,7 +4,10 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The thread count the test's subprocesses get too (from OMP_NUM_THREADS when it is set), so
+# that runs split between this process and a subprocess add up in the same order.
+_omp = os.environ.get("OMP_NUM_THREADS", "")
+torch.set_num_threads(int(_omp) if _omp.isdigit() and int(_omp) > 0 else min(2, os.cpu_count() or 1))
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"

@@ -109,7 +109,7 @@ def plot_sweep(table: pd.DataFrame, label: str = "headline"):
     if numeric and (table[x] > 0).all() and table[x].max() >= 10 * table[x].min():
         ax.set_xscale("log")
     seeds = table.groupby(["_x", "_line"])["seed"].nunique().max()
-    title = f"{len(table)} runs, up to {seeds} seeds per point: mean, min-max and each run"
+    title = f"{len(table)} runs, up to {seeds} seed{'s' if seeds > 1 else ''} per point: mean, min-max and each run"
     missing = int(table["headline"].isna().sum())
     if missing:
         title += f"\n{missing} run(s) never reached it (not shown)"

@@ -63,7 +63,7 @@ class EnsembleModule(L.LightningModule):
             kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
             # tie_weights=False: the bridge reaches some modules by two paths, and swapping a
             # parameter in twice would leave the batched tensor behind when it is swapped back.
-            return functional_call(template, (params, self.buffers), (tokens,), kwargs, tie_weights=False)
+            return functional_call(template, (params, self.native_buffers), (tokens,), kwargs, tie_weights=False)
 
         data = None if shared else 0
         return vmap(one_seed, in_dims=(0, data, None if attention_mask is None else data))(params, tokens, attention_mask)
@@ -85,7 +85,7 @@ class EnsembleModule(L.LightningModule):
         self.train_split, self.eval_split = move(self.train_split), move(self.eval_split)
         for member in self.members:
             member.model.to(self.device, print_details=False)
-        self.buffers = dict(self.members[0].model.original_model.named_buffers())  # the same for every seed
+        self.native_buffers = dict(self.members[0].model.original_model.named_buffers())  # the same for every seed
         self.first_nonfinite = torch.full((len(self.members),), -1, device=self.device)
 
     def train_dataloader(self) -> "EnsembleBatches":
