@@ -71,6 +71,9 @@ def _measure(args) -> int:
 
 
 def _plot(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window (notebooks keep their inline backend)
     from .plots import plot_run
     from .run import load_run
 

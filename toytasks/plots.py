@@ -1,17 +1,18 @@
-"""`toytasks plot RUN_DIR`: PNG figures of a run, written to RUN_DIR/plots/."""
+"""Matplotlib figures of runs: `toytasks plot RUN_DIR` writes them to RUN_DIR/plots/, and the
+notebooks draw them inline, with the seed notebooks' `imshow` and `line` helpers (`imshow`,
+`over_training`, `attention`) redone in matplotlib. Every function returns its Figure.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from .measures.grokking import PHASES  # noqa: E402
-from .measures.heads import HEADS_SUMMARY  # noqa: E402
+from .measures.grokking import PHASES
+from .measures.heads import HEADS_SUMMARY
 
 PLOTS_DIR = "plots"
 
@@ -114,11 +115,12 @@ def restricted_excluded(metrics, phase_steps: dict):
     return fig
 
 
-def embedding_fourier_norms(run):
-    """Norms of W_E (without the `=` token) in the Fourier basis at the last step, sin and cos per k."""
+def embedding_fourier_norms(run, step: int | None = None):
+    """Norms of W_E (without the `=` token) in the Fourier basis (at the last step unless given),
+    sin and cos per k: the seed's "Norm of embedding of each Fourier Component"."""
     from .measures.fourier import fourier_basis
 
-    p, step = run.task.p, run.steps[-1]
+    p, step = run.task.p, run.steps[-1] if step is None else step
     with torch.no_grad():
         norms = (fourier_basis(p) @ run.model_at(step).W_E[:-1]).norm(dim=-1)
     k = torch.arange(1, p // 2 + 1).numpy()
@@ -131,11 +133,98 @@ def embedding_fourier_norms(run):
 
 
 def _phase_lines(ax, phase_steps: dict) -> None:
+    """Dashed vertical lines at named steps (phase boundaries, an onset); None is skipped."""
     for name, step in phase_steps.items():
         if step is not None:
             ax.axvline(step, linestyle="--", color="grey", alpha=0.7)
             ax.annotate(name.replace("_", " "), (step, 1), xycoords=("data", "axes fraction"),
                         rotation=90, va="top", ha="right", fontsize=7, color="grey")
+
+
+# --- the seed notebooks' helpers, in matplotlib ------------------------------------------------
+
+def imshow(tensor, title: str = "", xlabel: str = "", ylabel: str = "", x=None, y=None, facets=None,
+           symmetric: bool = True, cmap: str = "RdBu", vmin=None, vmax=None, figsize=None):
+    """A heatmap (rows down, columns across). Like the seed's `imshow`: red-blue centred on 0
+    unless `symmetric=False`; `x` and `y` label the columns and rows. A 3-D tensor draws one panel
+    per entry of its first dimension (the seed's `facet_col=0`), titled by `facets`."""
+    data = _numpy(tensor)
+    panels = list(data) if data.ndim == 3 else [data]
+    if data.ndim == 3:
+        titles = list(facets) if facets is not None else [str(i) for i in range(len(panels))]
+    else:
+        titles = [title]
+    width = min(4.2 * len(panels), 18) if data.ndim == 3 else 7
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize or (width, 4.5 if data.ndim == 3 else 5), squeeze=False)
+    if data.size == 0:
+        axes[0, 0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
+        axes[0, 0].set(title=title, xticks=[], yticks=[])
+        return fig
+    if symmetric and vmin is None and vmax is None:
+        vmax = float(np.nanmax(np.abs(data))) or 1.0
+        vmin = -vmax
+    for ax, panel, panel_title in zip(axes[0], panels, titles):
+        image = ax.imshow(panel, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+        ax.set(title=panel_title, xlabel=xlabel, ylabel=ylabel)
+        _tick_labels(ax.set_xticks, x, panel.shape[1], rotation=90)
+        _tick_labels(ax.set_yticks, y, panel.shape[0])
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85)
+    if data.ndim == 3 and title:
+        fig.suptitle(title)
+    return fig
+
+
+def attention(pattern, tokens=None, titles=None, title: str = "Attention pattern"):
+    """Attention patterns [head, query, key] (or one [query, key]) from 0 to 1, the tokens on both
+    axes: each row is where that query position looks."""
+    labels = None if tokens is None else [f"{t}" for t in _numpy(tokens).tolist()]
+    return imshow(pattern, title=title, xlabel="key (source)", ylabel="query (destination)", x=labels,
+                  y=labels, facets=titles, symmetric=False, cmap="Blues", vmin=0.0, vmax=1.0)
+
+
+def line(tensor, title: str = "", xlabel: str = "", ylabel: str = "", x=None, labels=None, logy: bool = False):
+    """The seed's `line`: a 1-D tensor as one line, each row of a 2-D one as a line named by
+    `labels`; `x` names the points (e.g. Fourier components)."""
+    data = _numpy(tensor)
+    rows = data[None] if data.ndim == 1 else data
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, row in enumerate(rows):
+        ax.plot(row, label=None if labels is None else labels[i])
+    _tick_labels(ax.set_xticks, x, rows.shape[1], rotation=90)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, yscale="log" if logy else "linear")
+    if labels is not None:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def over_training(table, columns, labels=None, title: str = "", ylabel: str = "", logy: bool = False,
+                  marks: dict | None = None, ax=None):
+    """Columns of a table (run.metrics, a run.map result) against `step`, each skipping its empty
+    rows, with named steps (phases, an onset) as dashed lines. Draws into `ax` when given."""
+    fig, ax = plt.subplots(figsize=(9, 4.5)) if ax is None else (ax.figure, ax)
+    for column, label in zip(columns, labels or columns):
+        rows = table.dropna(subset=[column])
+        ax.plot(rows["step"], rows[column], label=label)
+    ax.set(xlabel="step", ylabel=ylabel, title=title, yscale="log" if logy else "linear")
+    _phase_lines(ax, marks or {})
+    if len(columns) > 1:
+        ax.legend(fontsize=7, ncol=1 + len(columns) // 12)
+    return fig
+
+
+def _tick_labels(set_ticks, labels, n: int, rotation: int = 0) -> None:
+    """Label every tick when they fit, every k-th otherwise (at most ~40 per axis)."""
+    if labels is None:
+        return
+    every = max(1, -(-n // 40))
+    positions = list(range(0, n, every))
+    set_ticks(positions, [labels[i] for i in positions], fontsize=7, rotation=rotation)
+
+
+def _numpy(tensor) -> np.ndarray:
+    if isinstance(tensor, torch.Tensor):
+        return tensor.detach().cpu().float().numpy()
+    return np.asarray(tensor, dtype=float)
 
 
 def _save(fig, path: Path) -> Path:
