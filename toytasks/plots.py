@@ -147,15 +147,18 @@ def imshow(tensor, title: str = "", xlabel: str = "", ylabel: str = "", x=None, 
            symmetric: bool = True, cmap: str = "RdBu", vmin=None, vmax=None, figsize=None):
     """A heatmap (rows down, columns across). Like the seed's `imshow`: red-blue centred on 0
     unless `symmetric=False`; `x` and `y` label the columns and rows. A 3-D tensor draws one panel
-    per entry of its first dimension (the seed's `facet_col=0`), titled by `facets`."""
+    per entry of its first dimension (the seed's `facet_col=0`) on one colour scale, titled by
+    `facets`."""
     data = _numpy(tensor)
     panels = list(data) if data.ndim == 3 else [data]
     if data.ndim == 3:
         titles = list(facets) if facets is not None else [str(i) for i in range(len(panels))]
     else:
         titles = [title]
-    width = min(4.2 * len(panels), 18) if data.ndim == 3 else 7
-    fig, axes = plt.subplots(1, len(panels), figsize=figsize or (width, 4.5 if data.ndim == 3 else 5), squeeze=False)
+    if figsize is None:  # tall enough for a label on every row (e.g. the Fourier components)
+        height = 4.5 if y is None else min(max(4.5, 0.12 * min(len(y), _MAX_TICKS) + 1.5), 11)
+        figsize = (min(4.2 * len(panels), 18) if data.ndim == 3 else 7.5, height)
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize, squeeze=False, sharey=True)
     if data.size == 0:
         axes[0, 0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
         axes[0, 0].set(title=title, xticks=[], yticks=[])
@@ -163,11 +166,11 @@ def imshow(tensor, title: str = "", xlabel: str = "", ylabel: str = "", x=None, 
     if symmetric and vmin is None and vmax is None:
         vmax = float(np.nanmax(np.abs(data))) or 1.0
         vmin = -vmax
-    for ax, panel, panel_title in zip(axes[0], panels, titles):
+    for i, (ax, panel, panel_title) in enumerate(zip(axes[0], panels, titles)):
         image = ax.imshow(panel, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
-        ax.set(title=panel_title, xlabel=xlabel, ylabel=ylabel)
-        _tick_labels(ax.set_xticks, x, panel.shape[1], rotation=90)
-        _tick_labels(ax.set_yticks, y, panel.shape[0])
+        ax.set(title=panel_title, xlabel=xlabel, ylabel=ylabel if i == 0 else "")
+        for axis, labels, n in ((ax.xaxis, x, panel.shape[1]), (ax.yaxis, y, panel.shape[0])):
+            _tick_labels(axis, labels, n)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85)
     if data.ndim == 3 and title:
         fig.suptitle(title)
@@ -190,7 +193,8 @@ def line(tensor, title: str = "", xlabel: str = "", ylabel: str = "", x=None, la
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, row in enumerate(rows):
         ax.plot(row, label=None if labels is None else labels[i])
-    _tick_labels(ax.set_xticks, x, rows.shape[1], rotation=90)
+    if x is not None:
+        _tick_labels(ax.xaxis, x, rows.shape[1])
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, yscale="log" if logy else "linear")
     if labels is not None:
         ax.legend(fontsize=7)
@@ -198,27 +202,37 @@ def line(tensor, title: str = "", xlabel: str = "", ylabel: str = "", x=None, la
 
 
 def over_training(table, columns, labels=None, title: str = "", ylabel: str = "", logy: bool = False,
-                  marks: dict | None = None, ax=None):
+                  marks: dict | None = None, ax=None, background=()):
     """Columns of a table (run.metrics, a run.map result) against `step`, each skipping its empty
-    rows, with named steps (phases, an onset) as dashed lines. Draws into `ax` when given."""
+    rows, with named steps (phases, an onset) as dashed lines; `background` columns are drawn thin
+    and grey behind them, as one legend entry. Draws into `ax` when given."""
     fig, ax = plt.subplots(figsize=(9, 4.5)) if ax is None else (ax.figure, ax)
+    for i, column in enumerate(background):
+        rows = table.dropna(subset=[column])
+        ax.plot(rows["step"], rows[column], color="lightgrey", linewidth=0.8, label="others" if i == 0 else None)
     for column, label in zip(columns, labels or columns):
         rows = table.dropna(subset=[column])
         ax.plot(rows["step"], rows[column], label=label)
     ax.set(xlabel="step", ylabel=ylabel, title=title, yscale="log" if logy else "linear")
     _phase_lines(ax, marks or {})
-    if len(columns) > 1:
+    if len(columns) + bool(background) > 1:
         ax.legend(fontsize=7, ncol=1 + len(columns) // 12)
     return fig
 
 
-def _tick_labels(set_ticks, labels, n: int, rotation: int = 0) -> None:
-    """Label every tick when they fit, every k-th otherwise (at most ~40 per axis)."""
+_MAX_TICKS = 60
+
+
+def _tick_labels(axis, labels, n: int) -> None:
+    """Name every row or column when they fit, every k-th otherwise; whole numbers without names."""
     if labels is None:
+        axis.set_major_locator(plt.MaxNLocator(integer=True))
         return
-    every = max(1, -(-n // 40))
+    every = max(1, -(-n // _MAX_TICKS))
     positions = list(range(0, n, every))
-    set_ticks(positions, [labels[i] for i in positions], fontsize=7, rotation=rotation)
+    names = [str(labels[i]) for i in positions]
+    long = axis.axis_name == "x" and max(len(name) for name in names) > 3
+    axis.set_ticks(positions, names, fontsize=7 if len(names) <= 30 else 6, rotation=90 if long else 0)
 
 
 def _numpy(tensor) -> np.ndarray:
