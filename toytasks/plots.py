@@ -178,11 +178,13 @@ def imshow(tensor, title: str = "", xlabel: str = "", ylabel: str = "", x=None, 
 
 
 def attention(pattern, tokens=None, titles=None, title: str = "Attention pattern"):
-    """Attention patterns [head, query, key] (or one [query, key]) from 0 to 1, the tokens on both
-    axes: each row is where that query position looks."""
-    labels = None if tokens is None else [f"{t}" for t in _numpy(tokens).tolist()]
+    """Attention patterns [head, query, key] (or one [query, key]) from 0 to 1, the tokens (ids or
+    strings) on both axes: each row is where that query position looks."""
+    labels = None if tokens is None else [str(t) for t in (tokens.tolist() if hasattr(tokens, "tolist") else tokens)]
+    n_panels = pattern.shape[0] if pattern.ndim == 3 else 1
     return imshow(pattern, title=title, xlabel="key (source)", ylabel="query (destination)", x=labels,
-                  y=labels, facets=titles, symmetric=False, cmap="Blues", vmin=0.0, vmax=1.0)
+                  y=labels, facets=titles, symmetric=False, cmap="Blues", vmin=0.0, vmax=1.0,
+                  figsize=(min(5 * n_panels + 1, 18), 5))
 
 
 def line(tensor, title: str = "", xlabel: str = "", ylabel: str = "", x=None, labels=None, logy: bool = False):
