@@ -112,3 +112,13 @@ def test_arbitrary_yaml_and_overrides_never_traceback(tmp_path, text, overrides)
             load_config(source, overrides)
         except ToytasksError as error:
             assert str(error) and "\n" not in str(error).strip()
+
+
+def test_learning_rate_schedules():
+    from toytasks.module import lr_factor
+
+    assert [lr_factor(s, 10, "constant", 110) for s in (0, 5, 10, 110)] == [0, 0.5, 1, 1]
+    assert [lr_factor(s, 10, "cosine", 110) for s in (5, 10, 110)] == [0.5, 1, 0]
+    assert lr_factor(60, 10, "cosine", 110) == pytest.approx(0.5)
+    with pytest.raises(ToytasksError, match="optim.schedule"):
+        load_config(CONFIGS / "grokking.yaml", ["optim.schedule=linear"])
