@@ -35,7 +35,8 @@ def plot_run(run) -> list[Path]:
 
 
 def brackets_accuracy(metrics):
-    """Test accuracy of a bracket classifier over training: by failure kind, length and depth."""
+    """Test error (1 - accuracy) of a bracket classifier over training, by kind, length and depth.
+    The error, on a log-like scale: past 99% accuracy the differences between groups are in it."""
     panels = (("kind", ("all", "balanced", "total", "negative", "both", "near_miss")),
               ("length", sorted(c[13:] for c in metrics.columns if c.startswith("brackets/acc/len_"))),
               ("nesting depth", sorted((c[13:] for c in metrics.columns if c.startswith("brackets/acc/depth_")),
@@ -46,10 +47,11 @@ def brackets_accuracy(metrics):
             column = f"brackets/acc/{group}"
             if column in metrics.columns:
                 rows = metrics.dropna(subset=[column])
-                ax.plot(rows["step"], rows[column], marker=".", label=group.replace("_", " "))
-        ax.set(xlabel="step", title=f"Test accuracy by {title}", ylim=(-0.02, 1.02))
-        ax.legend(fontsize=8, loc="lower right")
-    axes[0].set_ylabel("accuracy")
+                ax.plot(rows["step"], 1 - rows[column], marker=".", label=group.replace("_", " "))
+        ax.set(xlabel="step", title=f"Test error by {title}", ylim=(0, 1.05))
+        ax.set_yscale("symlog", linthresh=1e-3)  # zero error stays on the plot
+        ax.legend(fontsize=8, loc="upper right")
+    axes[0].set_ylabel("1 - accuracy")
     return fig
 
 
