@@ -134,6 +134,11 @@ def test_bad_input_on_the_command_line(capsys, tmp_path):
     assert code == 2 and "\n" not in err and "task.max_length" in err
 
 
+def test_bracket_measures_need_the_brackets_task():
+    with pytest.raises(ConfigError, match="measures.brackets"):
+        load_config(CONFIGS / "grokking_cpu.yaml", ["measures.brackets={}"])
+
+
 def test_length_buckets():
     assert length_buckets(40) == [(2, 10), (12, 20), (22, 30), (32, 40)]
     assert length_buckets(4) == [(2, 2), (4, 4)]
