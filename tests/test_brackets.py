@@ -149,7 +149,8 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("brackets")
     config = load_config(CONFIGS / "brackets_cpu.yaml", [
         f"out_dir={out}", "task.max_length=16", "task.size=2000", "max_steps=60", "batch_size=64",
-        "checkpoints.every=20", "eval_every=20", "log_every=20", "optim.lr=3e-3"])
+        "checkpoints.every=20", "eval_every=20", "log_every=20", "optim.lr=3e-3",
+        "measures.brackets.every=null"])  # at the checkpoint steps
     return load_run(train(config, progress=False))
 
 
@@ -201,3 +202,15 @@ def test_brackets_cpu_reaches_its_targets(tmp_path):
     assert all(accuracy >= 0.97 for accuracy in groups.values()), groups
     test = run.dataset["test"]
     assert_padding_invariant(run.model_at(run.steps[-1]), run.task, list(test["string"][:64]))
+
+
+def test_offline_measures_reproduce_the_logged_ones(tiny_run):
+    from toytasks.measures.offline import measure_run
+
+    logged = tiny_run.metrics.set_index("step")
+    names = measure_run(tiny_run, progress=False)
+    assert "brackets/acc/negative" in names
+    again = tiny_run.metrics.set_index("step")
+    for step in tiny_run.steps:
+        for name in ("brackets/acc/all", "brackets/logit_diff/near_miss"):
+            assert again.loc[step, name] == pytest.approx(logged.loc[step, name], abs=1e-6)
