@@ -56,7 +56,7 @@ def test_yaml_round_trip(tmp_path):
     ([GROKKING, "optim.lr=0"], "optim.lr: must be positive"),
     ([GROKKING, "batch_size=5000"], "batch_size: 5000 is more than the 3830 training examples"),
     ([GROKKING, "checkpoints.every=0"], "checkpoints.every: must be at least 1"),
-    ([GROKKING, "measures.attention=true"], "measures.attention: unknown key; allowed: fourier, heads, brackets"),
+    ([GROKKING, "measures.attention=true"], "measures.attention: unknown key; allowed: brackets, fourier, heads"),
     ([GROKKING, "task.p=12"], "measures.fourier: needs an odd modulus"),
     ([GROKKING, "model.n_layers=2"], "measures.fourier: needs a 1-layer model"),
     ([GROKKING, "on_nonfinite=ignore"], "on_nonfinite: must be one of stop, skip"),
