@@ -7,6 +7,7 @@ checkpoint series saves as step s. (The seed logs its test loss after the update
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import lightning as L
@@ -29,6 +30,16 @@ def loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     scored = targets != IGNORE
     correct = (logits.argmax(-1) == targets) & scored
     return loss, correct.sum() / scored.sum()
+
+
+def lr_factor(step: int, warmup: int, schedule: str, max_steps: int) -> float:
+    """The learning rate at `step` as a fraction of the peak: linear warmup, then constant or cosine."""
+    if step < warmup:
+        return step / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, max_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
 
 
 class ToyTaskModule(L.LightningModule):
@@ -149,9 +160,8 @@ class ToyTaskModule(L.LightningModule):
         o = self.config.optim
         optimizer = torch.optim.AdamW(trainable_parameters(self.model), lr=o.lr,
                                       weight_decay=o.weight_decay, betas=o.betas)
-        warmup = o.warmup_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(step / warmup, 1.0) if warmup else 1.0)
+            optimizer, lambda step: lr_factor(step, o.warmup_steps, o.schedule, self.config.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # --- resumable state --------------------------------------------------------------------

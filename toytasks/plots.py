@@ -30,7 +30,30 @@ def plot_run(run) -> list[Path]:
         written.append(_save(head_scores(metrics, _summary(run, HEADS_SUMMARY)), out / "head_scores.png"))
     if run.task.name == "previous_token" and "pos_loss/p1" in metrics.columns:
         written.append(_save(loss_by_position(metrics), out / "loss_by_position.png"))
+    if "brackets/acc/all" in metrics.columns:
+        written.append(_save(brackets_accuracy(metrics), out / "brackets_accuracy.png"))
     return written
+
+
+def brackets_accuracy(metrics):
+    """Test error (1 - accuracy) of a bracket classifier over training, by kind, length and depth.
+    The error, on a log-like scale: past 99% accuracy the differences between groups are in it."""
+    panels = (("kind", ("all", "balanced", "total", "negative", "both", "near_miss")),
+              ("length", sorted(c[13:] for c in metrics.columns if c.startswith("brackets/acc/len_"))),
+              ("nesting depth", sorted((c[13:] for c in metrics.columns if c.startswith("brackets/acc/depth_")),
+                                       key=lambda g: int(g[6:].split("-")[0].rstrip("+")))))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
+    for ax, (title, groups) in zip(axes, panels):
+        for group in groups:
+            column = f"brackets/acc/{group}"
+            if column in metrics.columns:
+                rows = metrics.dropna(subset=[column])
+                ax.plot(rows["step"], 1 - rows[column], marker=".", label=group.replace("_", " "))
+        ax.set(xlabel="step", title=f"Test error by {title}", ylim=(0, 1.05))
+        ax.set_yscale("symlog", linthresh=1e-3)  # zero error stays on the plot
+        ax.legend(fontsize=8, loc="upper right")
+    axes[0].set_ylabel("1 - accuracy")
+    return fig
 
 
 def head_scores(metrics, summary: dict):
