@@ -31,6 +31,10 @@ TINY_RUNS = {  # name: (config, overrides)
     "no_position": ("no_position_cpu", TINY_SEQUENCE + ["task.length=8"]),
     "induction": ("induction_cpu", TINY_SEQUENCE + ["task.half=4"]),
     "induction_1layer": ("induction_1layer_cpu", TINY_SEQUENCE + ["task.half=4"]),
+    "brackets": ("brackets_cpu", ["task.max_length=12", "task.size=300", "max_steps=20", "batch_size=32",
+                                  "checkpoints.every=10", "eval_every=10", "log_every=10", "model.d_model=16",
+                                  "model.d_head=8", "model.d_mlp=16", "optim.warmup_steps=0",
+                                  "measures.brackets.every=null"]),
 }
 
 

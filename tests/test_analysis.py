@@ -174,3 +174,25 @@ def test_plot_helpers_draw_panels():
     plots.plt.close("all")
     row = {"heads/induction/L0H1": 0.2, "heads/induction/L1H3": 0.7, "heads/prev_token/L0H0": 0.9, "step": 5}
     assert best_head(row, "induction") == (1, 3) and best_head(row, "prev_token") == (0, 0)
+
+
+def test_readme_analysis_lines_run(tiny_runs, tmp_path, monkeypatch):
+    """The README's "Analyse a run" block, as written, in a directory holding the quick start's runs."""
+    import re
+
+    import matplotlib
+
+    from conftest import ROOT
+
+    matplotlib.use("Agg")
+    section = (ROOT / "README.md").read_text().split("## Analyse a run", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    for name in ("grokking", "grokking_wd"):  # two weight decays, as after the README's second command
+        run_dir = tiny_runs(name)
+        shutil.copytree(run_dir, tmp_path / "checkpoints" / "grokking_cpu" / run_dir.name)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert list(namespace["norms"]["step"]) == namespace["run"].steps
+    assert namespace["cache"]["post", 0, "mlp"].shape[-1] == namespace["run"].config.model.d_mlp
+    assert len(namespace["load_runs"]("checkpoints/grokking_cpu")) == 2

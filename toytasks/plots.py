@@ -251,7 +251,7 @@ _MAX_TICKS = 60
 def _tick_labels(axis, labels, n: int) -> None:
     """Name every row or column when they fit, every k-th otherwise; whole numbers without names."""
     if labels is None:
-        axis.set_major_locator(plt.MaxNLocator(integer=True))
+        axis.set_major_locator(plt.MaxNLocator(nbins=8, integer=True))
         return
     every = max(1, -(-n // _MAX_TICKS))
     positions = list(range(0, n, every))
