@@ -125,8 +125,12 @@ def test_latest_run_looks_up_from_a_notebooks_folder(tiny_runs, tmp_path, monkey
         latest_run("induction_cpu")
 
 
-def test_sample_is_seeded_and_separate_from_training(tiny_runs):
-    run = load_run(tiny_runs("induction"))
+def test_sample_is_seeded_and_separate_from_training(tmp_path):
+    from conftest import CONFIGS
+    from toytasks.config import load_config
+
+    (tmp_path / "config.yaml").write_text(load_config(CONFIGS / "induction_cpu.yaml").to_yaml())
+    run = load_run(tmp_path)  # sampling needs the config alone
     a, b = run.sample(8, seed=1), run.sample(8, seed=1)
     assert torch.equal(a["tokens"], b["tokens"]) and a["tokens"].shape == (8, run.task.n_ctx)
     assert not torch.equal(a["tokens"], run.sample(8, seed=2)["tokens"])

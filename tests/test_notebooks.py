@@ -37,6 +37,7 @@ def test_stored_notebook_has_no_outputs(name):
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.slow  # 15-25 s each on a 2-core CPU: a kernel, the imports, a tiny run and the figures
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_notebook_executes(name, tiny_runs, monkeypatch):
     from nbclient import NotebookClient
