@@ -76,6 +76,19 @@ def test_map_computes_only_what_an_earlier_every_left_out(run, count_loads):
     assert count_loads == [1, 2, 4, 8, 10]
 
 
+def test_map_keeps_what_it_computed_when_interrupted(run, count_loads):
+    def fails_at_step_8(model):
+        if len(count_loads) == 5:  # the fifth checkpoint: step 8
+            raise KeyboardInterrupt
+        return embed_norm(model)
+
+    with pytest.raises(KeyboardInterrupt):
+        run.map(fails_at_step_8, name="norms")
+    count_loads.clear()
+    assert list(run.map(embed_norm, name="norms")["step"]) == run.steps
+    assert count_loads == [8, 10, 20, 30]
+
+
 def test_map_takes_a_bare_number_and_rejects_the_rest(run):
     assert list(run.map(lambda m: m.W_E.norm(), name="w_e").columns) == ["step", "w_e"]
     with pytest.raises(ToytasksError, match="a tensor of shape \\[12, 32\\] for 'W_E'"):
@@ -110,6 +123,12 @@ def test_load_runs_two_configs(tiny_runs, tmp_path):
     assert [r.path for r in load_runs(f"{root}/grokking_cpu/*")] == sorted([a, b])
     with pytest.raises(ToytasksError, match="no run directory"):
         load_runs(tmp_path)
+
+    # A run that has not logged yet (a sweep in progress) is listed, with no metrics.
+    started = shutil.copytree(b, tmp_path / "started")
+    (started / "metrics.csv").unlink()
+    runs = load_runs([a, started])
+    assert set(runs.metrics["run"]) == {str(a)} and len(runs.summary) == 2
 
 
 def test_latest_run_looks_up_from_a_notebooks_folder(tiny_runs, tmp_path, monkeypatch):

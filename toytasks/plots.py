@@ -1,6 +1,7 @@
 """Matplotlib figures of runs: `toytasks plot RUN_DIR` writes them to RUN_DIR/plots/, and the
-notebooks draw them inline, with the seed notebooks' `imshow` and `line` helpers (`imshow`,
-`over_training`, `attention`) redone in matplotlib. Every function returns its Figure.
+notebooks draw them inline, along with the seed notebooks' plotly helpers redone in matplotlib
+(`imshow`, `line`, `attention`, and `over_training` for a table's columns against the step).
+Every function returns its Figure.
 """
 from __future__ import annotations
 
@@ -187,7 +188,7 @@ def imshow(tensor, title: str = "", xlabel: str = "", ylabel: str = "", x=None, 
         axes[0, 0].set(title=title, xticks=[], yticks=[])
         return fig
     if symmetric and vmin is None and vmax is None:
-        vmax = float(np.nanmax(np.abs(data))) or 1.0
+        vmax = float(np.nanmax(np.abs(data), initial=0.0)) or 1.0  # all zero (or NaN): any scale
         vmin = -vmax
     for i, (ax, panel, panel_title) in enumerate(zip(axes[0], panels, titles)):
         image = ax.imshow(panel, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")

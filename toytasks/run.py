@@ -125,8 +125,8 @@ class Run:
         number (the column `name`). Results are cached in `analysis/<name>.csv` in the run
         directory, keyed by `name` alone: a later call computes only the steps missing from the
         cache (new checkpoints of a resumed run, or steps outside an earlier `every`), so the
-        second call loads no checkpoint. After changing fn, pass `recompute=True` or a new name,
-        or the old values come back.
+        second call loads no checkpoint, and an interrupted call keeps what it computed. After
+        changing fn, pass `recompute=True` or a new name, or the old values come back.
         """
         import pandas as pd
 
@@ -134,16 +134,21 @@ class Run:
             raise ToytasksError(f"run.map: name {name!r} must be a file name: letters, digits, _ . = + -")
         path = self.path / ANALYSIS_DIR / f"{name}.csv"
         wanted = self.select_steps(every, steps)
-        cached = pd.read_csv(path) if path.exists() and not recompute else pd.DataFrame({"step": []})
-        todo = [s for s in wanted if s not in set(cached["step"])]
+        cached = pd.read_csv(path) if path.exists() and not recompute else None
+        done = set() if cached is None else set(cached["step"])
+        todo = [s for s in wanted if s not in done]
         rows = []
-        for step in _progress(todo, progress and len(todo) > 1, name):
-            with torch.no_grad():
-                rows.append({"step": step, **_numbers(fn(self.model_at(step)), name)})
-        if rows:
-            cached = pd.concat([cached, pd.DataFrame(rows)], ignore_index=True).sort_values("step")
-            cached["step"] = cached["step"].astype(int)
-            write_atomically(path, lambda tmp: cached.to_csv(tmp, index=False))
+        try:
+            for step in _progress(todo, progress and len(todo) > 1, name):
+                with torch.no_grad():
+                    rows.append({"step": step, **_numbers(fn(self.model_at(step)), name)})
+        finally:  # an interrupted or failing map keeps what it computed
+            if rows:
+                cached = pd.concat([t for t in (cached, pd.DataFrame(rows)) if t is not None], ignore_index=True)
+                cached = cached.sort_values("step", ignore_index=True)
+                write_atomically(path, lambda tmp: cached.to_csv(tmp, index=False))
+        if cached is None:  # an empty series
+            return pd.DataFrame({"step": pd.Series([], dtype=int)})
         return cached[cached["step"].isin(wanted)].reset_index(drop=True)
 
     @property

@@ -21,6 +21,9 @@ import json
 from pathlib import Path
 
 from .errors import ToytasksError
+from .measures.grokking import PHASES
+from .measures.heads import HEADS_SUMMARY
+from .measures.phases import estimate_phases
 from .rundir import CONFIG, META
 from .run import Run
 
@@ -85,7 +88,7 @@ class RunSet:
     def metrics(self):
         import pandas as pd
 
-        tables = [run.metrics.assign(run=str(run.path)) for run in self.runs]
+        tables = [_metrics(run).assign(run=str(run.path)) for run in self.runs]
         return pd.concat(tables, ignore_index=True).merge(self.configs, on="run", how="left")
 
     @property
@@ -107,14 +110,17 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _summary(run: Run) -> dict:
-    from .measures.grokking import PHASES
-    from .measures.heads import HEADS_SUMMARY
-    from .measures.phases import estimate_phases
+def _metrics(run: Run):
+    """The run's metrics table; empty for a run that has not logged yet (a sweep in progress)."""
+    import pandas as pd
 
-    metrics = run.metrics
+    return run.metrics if (run.path / "metrics.csv").exists() else pd.DataFrame({"step": []})
+
+
+def _summary(run: Run) -> dict:
+    metrics = _metrics(run)
     row = {"run": str(run.path)}
-    if run.task.name == "modular_addition":  # the phases are grokking's; phases.json may be missing
+    if run.task.name == "modular_addition" and len(metrics):  # grokking's phases; phases.json may be missing
         row.update(estimate_phases(metrics))
     for name in (PHASES, HEADS_SUMMARY):
         if (run.path / name).exists():
