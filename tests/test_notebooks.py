@@ -45,7 +45,8 @@ def test_notebook_executes(name, tiny_runs, monkeypatch):
     runs = {variable: tiny_runs(run) for variable, run in RUNS[name].items()}
     for variable, path in runs.items():
         monkeypatch.setenv(variable, str(path))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     notebook = stored(name)
     client = NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
