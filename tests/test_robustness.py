@@ -1,4 +1,5 @@
 """Crash safety, exact resume after SIGKILL, locks, safe loading, numerical faults, determinism."""
+import os
 import signal
 import subprocess
 import sys
@@ -43,7 +44,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     command = [sys.executable, "-m", "toytasks.cli", "train", str(GROKKING), *TINY, *steps,
                f"out_dir={tmp_path / 'b'}", "--no-progress"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The same number of threads as this process (conftest's), or float sums could round apart.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = tiny(tmp_path / "b", *steps).run_dir
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:  # kill it past its 4th resumable checkpoint

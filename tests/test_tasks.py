@@ -11,6 +11,7 @@ SMALL = {  # a small instance of each task
     "modular_addition": dict(p=7, frac_train=0.5),
     "previous_token": dict(vocab=20, length=8),
     "induction": dict(vocab=20, half=5),
+    "brackets": dict(max_length=14, size=200),
 }
 
 

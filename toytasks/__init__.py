@@ -9,4 +9,18 @@ def load_run(path):
     return _load_run(path)
 
 
-__all__ = ["load_run", "__version__"]
+def load_runs(pattern_or_dir):
+    """Open a set of runs, e.g. the seeds or a sweep, as tidy DataFrames (see `toytasks.runs`)."""
+    from .runs import load_runs as _load_runs
+
+    return _load_runs(pattern_or_dir)
+
+
+def latest_run(experiment, out_dir="checkpoints"):
+    """The path of the newest run of an experiment, e.g. `latest_run("grokking_cpu")`."""
+    from .runs import latest_run as _latest_run
+
+    return _latest_run(experiment, out_dir)
+
+
+__all__ = ["latest_run", "load_run", "load_runs", "__version__"]

@@ -111,6 +111,9 @@ def _measure(args) -> int:
 def _plot(args) -> int:
     from pathlib import Path
 
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window (notebooks keep their inline backend)
     from .plots import plot_run
     from .run import load_run
     from .sweep_plot import plot_sweep_dir

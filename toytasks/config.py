@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from .errors import ConfigError, ToytasksError, first_line
+from .measures.brackets import BracketsConfig, check_applies as check_brackets_applies
 from .measures.fourier import FourierConfig, check_applies as check_fourier_applies
 from .measures.heads import HeadsConfig, check_applies as check_heads_applies
 from .schema import build, to_plain
@@ -73,6 +74,8 @@ class OptimConfig:
     """AdamW's betas."""
     warmup_steps: int = 0
     """Linear warmup: lr * min(step / warmup_steps, 1); 0 for none."""
+    schedule: str = "constant"
+    """After the warmup: `constant`, or `cosine` decay to zero at max_steps."""
     grad_clip: Optional[float] = None
     """Clip the gradient norm to this value; null for no clipping."""
 
@@ -84,6 +87,7 @@ class OptimConfig:
         for i, beta in enumerate(self.betas):
             if not 0 <= beta < 1:
                 raise ConfigError(f"betas[{i}]", f"must be in [0, 1), got {beta}")
+        _check_choice("schedule", self.schedule, ("constant", "cosine"))
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps", f"must be non-negative, got {self.warmup_steps}")
         if self.grad_clip is not None and not self.grad_clip > 0:
@@ -120,6 +124,8 @@ class MeasuresConfig:
     heads: Optional[HeadsConfig] = None
     """Attention-head scores (previous-token, duplicate-token, induction), attention to BOS,
     loss by position and the in-context-learning score, for sampled causal tasks."""
+    brackets: Optional[BracketsConfig] = None
+    """The bracket classifier's accuracy and logit difference by kind, length and depth."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +205,8 @@ class Config:
             check_fourier_applies(self.task, self.model)
         if self.measures.heads is not None:
             check_heads_applies(self.task, self.model)
+        if self.measures.brackets is not None:
+            check_brackets_applies(self.task, self.model)
         if not self.experiment or "/" in self.experiment:
             raise ConfigError("experiment", f"must be a non-empty name without '/', got {self.experiment!r}")
         if self.trainer.world_size > 1 and self.on_nonfinite == "skip":

@@ -7,6 +7,7 @@ checkpoint series saves as step s. (The seed logs its test loss after the update
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import lightning as L
@@ -29,6 +30,16 @@ def loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     scored = targets != IGNORE
     correct = (logits.argmax(-1) == targets) & scored
     return loss, correct.sum() / scored.sum()
+
+
+def lr_factor(step: int, warmup: int, schedule: str, max_steps: int) -> float:
+    """The learning rate at `step` as a fraction of the peak: linear warmup, then constant or cosine."""
+    if step < warmup:
+        return step / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, max_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
 
 
 class ToyTaskModule(L.LightningModule):
@@ -147,7 +158,7 @@ class ToyTaskModule(L.LightningModule):
 
     # --- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
-        return optimizer_and_schedule(trainable_parameters(self.model), self.config.optim)
+        return optimizer_and_schedule(trainable_parameters(self.model), self.config.optim, self.config.max_steps)
 
     # --- resumable state --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -159,9 +170,10 @@ class ToyTaskModule(L.LightningModule):
         self._resume_batches = checkpoint.get("toytasks_batches")
 
 
-def optimizer_and_schedule(parameters, o: OptimConfig) -> dict:
-    """AdamW with a linear warmup, stepped every optimizer step (Lightning's return format)."""
+def optimizer_and_schedule(parameters, o: OptimConfig, max_steps: int) -> dict:
+    """AdamW with its learning-rate schedule (lr_factor), stepped every optimizer step (Lightning's
+    return format)."""
     optimizer = torch.optim.AdamW(parameters, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
-    warmup = o.warmup_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(step / warmup, 1.0) if warmup else 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, o.warmup_steps, o.schedule, max_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,27 +1,38 @@
 """A trained run as notebooks see it: `run = load_run(path)`.
 
-    run.config      the resolved Config the run was trained with
-    run.task        its task (`run.task.p`, `run.task.make_dataset()`, ...)
-    run.dataset     the stored DatasetDict (train / test), or None for sampled tasks
-    run.batch(split) its `tokens` and `targets` as tensors
-    run.steps       the sorted steps of the checkpoint series
-    run.model_at(s) a TransformerBridge with the weights after s steps (CPU, eval mode)
-    run.metrics     a pandas DataFrame: a `step` column and one column per metric
+    run.config        the resolved Config the run was trained with
+    run.task          its task (`run.task.p`, `run.task.make_dataset()`, ...)
+    run.dataset       the stored DatasetDict (train / test), or None for sampled tasks
+    run.batch(split)  its `tokens` and `targets` as tensors (finite tasks)
+    run.sample(n)     n fresh examples of a sampled task, from their own seeded generator
+    run.steps         the sorted steps of the checkpoint series
+    run.model_at(s)   a TransformerBridge with the weights after s steps (CPU, eval mode)
+    run.models()      (step, model) over the series
+    run.map(fn, name) fn(model) at every checkpoint as a DataFrame, cached in the run directory
+    run.metrics       a pandas DataFrame: a `step` column and one column per metric
 """
 from __future__ import annotations
 
 import functools
+import numbers
+import re
 from pathlib import Path
+from typing import Callable, Iterator
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .config import Config, config_from_dict, read_yaml
 from .errors import ToytasksError
+from .files import write_atomically
 from .model import apply_frozen_parts, build_model
 from .series import saved_steps, series_path
 from .tasks import batch_from_split
 from .rundir import CONFIG, DATA_DIR
+
+ANALYSIS_DIR = "analysis"  # run.map's cache: analysis/<name>.csv
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 
 
 class Run:
@@ -49,8 +60,15 @@ class Run:
     def batch(self, split: str = "test") -> dict:
         """The `tokens` and `targets` (and `attention_mask`) tensors of a stored split."""
         if self.dataset is None:
-            raise ToytasksError(f"{self.path}: {self.task.name} samples its data; use run.task.sample(n, generator)")
+            raise ToytasksError(f"{self.path}: {self.task.name} samples its data; use run.sample(n)")
         return batch_from_split(self.dataset[split])
+
+    def sample(self, n: int, seed: int = 0) -> dict:
+        """n examples of a sampled task, drawn on the CPU from a generator seeded with `seed`
+        (not the training stream's), so the same call always gives the same batch."""
+        if self.task.finite:
+            raise ToytasksError(f"{self.path}: {self.task.name} is a finite task; use run.batch(split)")
+        return self.task.sample(n, torch.Generator().manual_seed(seed))
 
     @property
     def steps(self) -> list[int]:
@@ -76,6 +94,63 @@ class Run:
         apply_frozen_parts(model, self.config.model)
         return model.eval()
 
+    def select_steps(self, every: int | None = None, steps=None) -> list[int]:
+        """Saved steps: all of them, those listed in `steps`, or the multiples of `every` plus
+        the last one (with log-spaced checkpoints, `every=100` skips the early 1, 2, 4, ...)."""
+        saved = self.steps
+        if steps is not None:
+            if every is not None:
+                raise ToytasksError("give `every` or `steps`, not both")
+            missing = sorted(set(steps) - set(saved))
+            if missing:
+                raise ToytasksError(f"{self.path}: no checkpoint at steps {_abbreviate(missing)}; "
+                                    f"saved steps: {_abbreviate(saved)}")
+            return sorted(set(steps))
+        if every is None:
+            return saved
+        if every < 1:
+            raise ToytasksError(f"every must be at least 1, got {every}")
+        return [s for s in saved if s % every == 0 or s == saved[-1]]
+
+    def models(self, every: int | None = None, steps=None) -> Iterator[tuple[int, object]]:
+        """`for step, model in run.models(every=100):` a fresh model per step, loaded lazily."""
+        for step in self.select_steps(every, steps):
+            yield step, self.model_at(step)
+
+    def map(self, fn: Callable, name: str, every: int | None = None, steps=None,
+            recompute: bool = False, progress: bool = True):
+        """fn(model) at each checkpoint (under torch.no_grad()), as a DataFrame with a `step` column.
+
+        fn returns a dict of numbers (plain or 1-element tensors), one column each, or a single
+        number (the column `name`). Results are cached in `analysis/<name>.csv` in the run
+        directory, keyed by `name` alone: a later call computes only the steps missing from the
+        cache (new checkpoints of a resumed run, or steps outside an earlier `every`), so the
+        second call loads no checkpoint, and an interrupted call keeps what it computed. After
+        changing fn, pass `recompute=True` or a new name, or the old values come back.
+        """
+        import pandas as pd
+
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ToytasksError(f"run.map: name {name!r} must be a file name: letters, digits, _ . = + -")
+        path = self.path / ANALYSIS_DIR / f"{name}.csv"
+        wanted = self.select_steps(every, steps)
+        cached = pd.read_csv(path) if path.exists() and not recompute else None
+        done = set() if cached is None else set(cached["step"])
+        todo = [s for s in wanted if s not in done]
+        rows = []
+        try:
+            for step in _progress(todo, progress and len(todo) > 1, name):
+                with torch.no_grad():
+                    rows.append({"step": step, **_numbers(fn(self.model_at(step)), name)})
+        finally:  # an interrupted or failing map keeps what it computed
+            if rows:
+                cached = pd.concat([t for t in (cached, pd.DataFrame(rows)) if t is not None], ignore_index=True)
+                cached = cached.sort_values("step", ignore_index=True)
+                write_atomically(path, lambda tmp: cached.to_csv(tmp, index=False))
+        if cached is None:  # an empty series
+            return pd.DataFrame({"step": pd.Series([], dtype=int)})
+        return cached[cached["step"].isin(wanted)].reset_index(drop=True)
+
     @property
     def metrics(self):
         import pandas as pd
@@ -85,6 +160,30 @@ class Run:
 
 def load_run(path: str | Path) -> Run:
     return Run(path)
+
+
+def _numbers(value, name: str) -> dict:
+    """fn's result as {column: number}."""
+    items = value.items() if isinstance(value, dict) else [(name, value)]
+    row = {}
+    for key, number in items:
+        if isinstance(number, torch.Tensor) and number.numel() == 1:
+            number = number.item()
+        if hasattr(number, "item") and getattr(number, "size", None) == 1:  # a numpy scalar
+            number = number.item()
+        if not isinstance(number, numbers.Number):
+            what = f"a tensor of shape {list(number.shape)}" if hasattr(number, "shape") else type(number).__name__
+            raise ToytasksError(f"run.map: fn gave {what} for {key!r}; return a dict of numbers (one column each)")
+        row[key] = number
+    return row
+
+
+def _progress(steps: list[int], show: bool, name: str):
+    if not show:
+        return steps
+    from tqdm import tqdm  # the text bar: tqdm.auto asks for ipywidgets in notebooks
+
+    return tqdm(steps, desc=name, unit="ckpt")
 
 
 def _abbreviate(steps: list[int]) -> str:

@@ -7,8 +7,8 @@ task's headline number (HEADLINES). The swept values are the config columns that
 runs, seeds aside; the one with the most values is the x axis, any others split the runs into
 lines.
 
-`run_table` is a small stand-in for `load_runs(...).configs` (toytasks/runs.py, being written in
-the analysis branch), which has the same shape: `plot_sweep` takes either.
+`run_table` is `load_runs(...).configs` (toytasks/runs.py) with two columns added: whether each
+run has finished, and its headline number.
 """
 from __future__ import annotations
 
@@ -42,40 +42,26 @@ def final(column: str) -> Callable[[pd.DataFrame], float]:
 HEADLINES: dict[str, tuple[str, Callable[[pd.DataFrame], float]]] = {
     "modular_addition": (f"grokking step (test accuracy first >= {GROKKED})", grokking_step),
     "induction": ("final best induction score", final("heads/induction_max")),
+    "brackets": ("final test accuracy", final("val/acc")),
 }
 DEFAULT_HEADLINE = ("final test loss", final("val/loss"))
 
 
-def flatten(data: dict, prefix: str = "") -> dict:
-    """Nested config data as dotted columns; lists become tuples (hashable, comparable)."""
-    flat = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = tuple(value) if isinstance(value, list) else ("{}" if value == {} else value)
-    return flat
-
-
-def run_dirs_in(directory: Path) -> list[Path]:
-    return sorted(p for p in Path(directory).iterdir() if (p / "config.yaml").is_file())
-
-
-def run_table(run_dirs: list[Path]) -> pd.DataFrame:
-    """One row per run: `run`, the dotted config columns, `finished`, and `headline` (its label in attrs)."""
+def run_table(directory) -> pd.DataFrame:
+    """One row per run under `directory`: `load_runs(...).configs` (`run` and the dotted config
+    columns) with `finished` and the task's `headline` number (its label in `attrs`)."""
     from .rundir import read_meta
-    from .run import load_run
+    from .runs import load_runs
 
-    rows, labels = [], set()
-    for run_dir in run_dirs:
-        run = load_run(run_dir)
+    runs = load_runs(directory)
+    labels, finished, headline = set(), [], []
+    for run in runs:
         label, read = HEADLINES.get(run.task.name, DEFAULT_HEADLINE)
         labels.add(label)
         metrics = run.metrics if (run.path / "metrics.csv").exists() else pd.DataFrame({"step": []})
-        rows.append({"run": str(run.path), **flatten(run.config.to_dict()),
-                     "finished": bool(read_meta(run.path).get("finished")), "headline": read(metrics)})
-    table = pd.DataFrame(rows)
+        finished.append(bool(read_meta(run.path).get("finished")))
+        headline.append(read(metrics))
+    table = runs.configs.assign(finished=finished, headline=headline)
     table.attrs["headline"] = " / ".join(sorted(labels))
     return table
 
@@ -84,7 +70,7 @@ def swept_columns(table: pd.DataFrame) -> list[str]:
     """Config columns whose value differs between runs, apart from the seed and where they live;
     the one with the most values first (it makes the x axis)."""
     skip = {"run", "finished", "headline", "seed", "model.seed", "out_dir", "experiment"}
-    counts = {c: table[c].astype(str).nunique() for c in table.columns if c not in skip}
+    counts = {c: table[c].map(repr).nunique() for c in table.columns if c not in skip}
     return sorted((c for c, n in counts.items() if n > 1), key=lambda c: -counts[c])
 
 
@@ -124,10 +110,7 @@ def plot_sweep_dir(directory: str | Path) -> list[Path]:
     from .errors import ToytasksError
 
     directory = Path(directory)
-    run_dirs = run_dirs_in(directory)
-    if not run_dirs:
-        raise ToytasksError(f"{directory}: neither a run directory nor a directory of runs")
-    table = run_table(run_dirs)
+    table = run_table(directory)
     out = directory / PLOTS_DIR
     out.mkdir(exist_ok=True)
     csv = out / "sweep.csv"

@@ -80,7 +80,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, callback
                                   purge_step=start_step or None), table],
         callbacks=[CheckpointSeries(run_dir, checkpoint_steps(config.checkpoints, config.max_steps)),
                    ResumableCheckpoint(run_dir, config.checkpoints.resume_every, config.max_steps),
-                   *measure_callbacks(config, run_dir), *callbacks]
+                   *measure_callbacks(config, run_dir, dataset), *callbacks]
         + ([StepProgressBar(refresh_rate=max(1, config.log_every // 10))] if progress else []),
         gradient_clip_val=config.optim.grad_clip, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=progress, num_sanity_val_steps=0,
@@ -129,7 +129,7 @@ def resumable_step(path: Path) -> int:
                             "pass --overwrite to start over") from None
 
 
-def measure_callbacks(config: Config, run_dir: Path) -> list[L.Callback]:
+def measure_callbacks(config: Config, run_dir: Path, dataset) -> list[L.Callback]:
     """The progress measures the config switches on, evaluated on the training device."""
     callbacks = []
     steps = checkpoint_steps(config.checkpoints, config.max_steps)
@@ -145,6 +145,12 @@ def measure_callbacks(config: Config, run_dir: Path) -> list[L.Callback]:
         from .measures.heads import HeadMeasures, HeadsCallback
 
         callbacks.append(HeadsCallback(HeadMeasures(config.task, heads, config.seed), run_dir, steps, heads.every))
+    brackets = config.measures.brackets
+    if brackets is not None:
+        from .measures.brackets import BracketMeasures
+        from .measures.callback import MeasureCallback
+
+        callbacks.append(MeasureCallback(BracketMeasures(config.task, dataset["test"]), steps, brackets.every))
     return callbacks
 
 

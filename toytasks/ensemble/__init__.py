@@ -80,7 +80,7 @@ def _train(configs: list[Config], run_dirs: list[Path], resume: bool, progress: 
                             "`toytasks train RUN_DIR/config.yaml --resume`, or pass --overwrite")
     start = starts[run_dirs[0]]
     datasets = [load_or_make_dataset(c, d) for c, d in zip(configs, run_dirs)]  # one copy per run directory
-    members = [Member(c, d, start) for c, d in zip(configs, run_dirs)]
+    members = [Member(c, d, start, dataset) for c, d, dataset in zip(configs, run_dirs, datasets)]
     module = EnsembleModule(members, datasets[0])
     config = configs[0]
     trainer = L.Trainer(
@@ -116,7 +116,7 @@ def _train(configs: list[Config], run_dirs: list[Path], resume: bool, progress: 
 class Member:
     """One seed: its config, run directory, logs, measures, and a bridge to materialise it into."""
 
-    def __init__(self, config: Config, run_dir: Path, start_step: int):
+    def __init__(self, config: Config, run_dir: Path, start_step: int, dataset=None):
         self.config, self.run_dir = config, run_dir
         self.model = build_model(config.model, config.task, seed=config.model_seed)  # its initial weights
         self.metrics = DeviceMetrics()  # its measures; the per-step metrics are stacked (EnsembleModule)
@@ -126,7 +126,7 @@ class Member:
         self.tb = TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False,
                                     purge_step=start_step or None)
         self.loggers = [self.tb, self.table]
-        self.measures = measure_callbacks(config, run_dir)
+        self.measures = measure_callbacks(config, run_dir, dataset)
         self.series_steps = frozenset(checkpoint_steps(config.checkpoints, config.max_steps))
 
     def as_single_module(self) -> torch.nn.Module:

@@ -207,7 +207,7 @@ class EnsembleModule(L.LightningModule):
             self.latest.update({k: sum(v) / len(v) if isinstance(v, list) else v for k, v in row.items()})
 
     def configure_optimizers(self):
-        return optimizer_and_schedule([self.stacked[j] for j in self.trained], self.config.optim)
+        return optimizer_and_schedule([self.stacked[j] for j in self.trained], self.config.optim, self.config.max_steps)
 
     # --- resumable state: split per seed by EnsembleCheckpointIO ----------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

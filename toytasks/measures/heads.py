@@ -117,6 +117,15 @@ class HeadMeasures:
         return values
 
 
+def best_head(values, kind: str) -> tuple[int, int]:
+    """(layer, head) with the highest `heads/<kind>/L<l>H<h>` score in a row of measures."""
+    scores = {name: values[name] for name in values.keys() if name.startswith(f"heads/{kind}/L")}
+    if not scores:
+        raise KeyError(f"no heads/{kind}/ scores among these values")
+    layer, head = max(scores, key=lambda name: scores[name]).rsplit("/L", 1)[1].split("H")
+    return int(layer), int(head)
+
+
 def induction_onset(metrics, threshold: float) -> int | None:
     """The first step at which the best induction score reaches `threshold` (None if never)."""
     if "heads/induction_max" not in metrics.columns:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..errors import ToytasksError
 from ..metrics import MetricsTable
+from .brackets import BracketMeasures, BracketsConfig
 from .fourier import FourierConfig, FourierMeasures
 from .grokking import write_phases
 from .heads import HeadMeasures, HeadsConfig, write_heads_summary
@@ -19,12 +20,15 @@ def measure_run(run, progress: bool = True) -> list[str]:
     if not run.steps:
         raise ToytasksError(f"{run.path}: the checkpoint series is empty")
     table = MetricsTable(run.path / "metrics.csv")
-    fourier, heads = run.config.measures.fourier, run.config.measures.heads
+    fourier, heads, brackets = (run.config.measures.fourier, run.config.measures.heads,
+                                run.config.measures.brackets)
     if run.task.name == "modular_addition":  # a run trained without measures can still get them
         fourier = fourier or FourierConfig()
+    elif run.task.name == "brackets":
+        brackets = brackets or BracketsConfig()
     elif not run.task.finite and run.config.model.attention == "causal":
         heads = heads or HeadsConfig()
-    if fourier is None and heads is None:
+    if fourier is None and heads is None and brackets is None:
         raise ToytasksError(f"{run.path}: no progress measures apply to task {run.task.name}")
     if fourier is not None:
         measures = FourierMeasures(run.task, fourier)
@@ -32,8 +36,12 @@ def measure_run(run, progress: bool = True) -> list[str]:
         for step in _progress(run.steps, progress):  # one load and one forward pass per checkpoint
             values = measures(run.model_at(step), final_mask=final_mask)
             table.log_metrics({k: v.item() for k, v in values.items()}, step=step)
+    plain = []  # measures that are a function of one checkpoint alone
     if heads is not None:
-        measures = HeadMeasures(run.task, heads, run.config.seed)
+        plain.append(HeadMeasures(run.task, heads, run.config.seed))
+    if brackets is not None:
+        plain.append(BracketMeasures(run.task, run.dataset["test"]))
+    for measures in plain:
         for step in _progress(run.steps, progress):
             table.log_metrics({k: v.item() for k, v in measures(run.model_at(step)).items()}, step=step)
     table.save()
@@ -41,7 +49,7 @@ def measure_run(run, progress: bool = True) -> list[str]:
         write_phases(run.path, pd.read_csv(run.path / "metrics.csv"))
     if heads is not None:
         write_heads_summary(run.path, heads)
-    prefixes = ("fourier/", "heads/", "icl/", "attn/", "pos_loss/")
+    prefixes = ("fourier/", "heads/", "icl/", "attn/", "pos_loss/", "brackets/")
     return sorted({name for row in table.rows.values() for name in row if name.startswith(prefixes)})
 
 
