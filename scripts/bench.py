@@ -89,12 +89,16 @@ def _sync(device) -> None:
 
 
 def measure(which: str, args) -> dict:
-    """Run one side in a fresh process and read back its JSON line."""
-    command = [sys.executable, __file__, f"--inner={which}", f"--p={args.p}", f"--steps={args.steps}",
-               f"--device={args.device}", f"--peer={args.peer}", f"--config={args.config}", *args.overrides]
+    return run_fresh(__file__, which, [f"--p={args.p}", f"--steps={args.steps}", f"--device={args.device}",
+                                       f"--peer={args.peer}", f"--config={args.config}", *args.overrides])
+
+
+def run_fresh(script: str, side: str, flags: list[str]) -> dict:
+    """Run one side of a benchmark script (`--inner=side`) in a fresh process; its last line is JSON."""
+    command = [sys.executable, script, f"--inner={side}", *flags]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ})
     if done.returncode != 0:
-        sys.exit(f"{which} failed:\n{done.stderr[-3000:]}")
+        sys.exit(f"{side} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

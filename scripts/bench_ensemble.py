@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import _sync, peak_memory_mb  # noqa: E402  (scripts/bench.py)
+from bench import _sync, peak_memory_mb, run_fresh  # noqa: E402  (scripts/bench.py)
 
 
 def clock():
@@ -69,13 +68,8 @@ def run_side(args) -> dict:
 
 
 def measure(side: str, args) -> dict:
-    """Run one side in a fresh process and read back its JSON line."""
-    command = [sys.executable, __file__, f"--inner={side}", f"--seeds={args.seeds}", f"--steps={args.steps}",
-               f"--device={args.device}", f"--config={args.config}", *args.overrides]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ})
-    if done.returncode != 0:
-        sys.exit(f"{side} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_fresh(__file__, side, [f"--seeds={args.seeds}", f"--steps={args.steps}", f"--device={args.device}",
+                                      f"--config={args.config}", *args.overrides])
 
 
 def main() -> None:
