@@ -77,7 +77,7 @@ def swept_columns(table: pd.DataFrame) -> list[str]:
 def plot_sweep(table: pd.DataFrame, label: str = "headline"):
     """Each run's headline (dots) and the mean over seeds with its min-max range, against the
     first swept column; one line per combination of the others. Runs that never reach the
-    headline (NaN, e.g. never grokked) are counted in the title."""
+    headline (NaN, e.g. never grokked) are an x at the top, and counted in the title."""
     swept = swept_columns(table)
     x, lines = (swept[0], swept[1:]) if swept else (None, [])
     table = table.assign(
@@ -92,13 +92,22 @@ def plot_sweep(table: pd.DataFrame, label: str = "headline"):
         errors = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
         drawn = ax.errorbar(stats.index, stats["mean"], yerr=errors, marker="o", capsize=4, label=line_label or None)
         ax.scatter(group["_x"], group["headline"], color=drawn[0].get_color(), alpha=0.4, s=18)
-    if numeric and (table[x] > 0).all() and table[x].max() >= 10 * table[x].min():
-        ax.set_xscale("log")
+        never = group[group["headline"].isna()]  # e.g. never grokked: an x at the top of the plot
+        ax.scatter(never["_x"], [1.0] * len(never), transform=ax.get_xaxis_transform(), marker="x", s=40,
+                   clip_on=False, color=drawn[0].get_color())
+    if numeric:
+        values = sorted(table[x].unique())
+        if (table[x] > 0).all() and values[-1] >= 10 * values[0]:
+            ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values], minor=False)  # the swept values, as written
+        ax.minorticks_off()
+        ax.set_xlim(values[0] / 1.3 if ax.get_xscale() == "log" else None,
+                    values[-1] * 1.3 if ax.get_xscale() == "log" else None)
     seeds = table.groupby(["_x", "_line"])["seed"].nunique().max()
     title = f"{len(table)} runs, up to {seeds} seed{'s' if seeds > 1 else ''} per point: mean, min-max and each run"
     missing = int(table["headline"].isna().sum())
     if missing:
-        title += f"\n{missing} run(s) never reached it (not shown)"
+        title += f"\n{missing} run(s) never reached it (x at the top)"
     ax.set(xlabel=x or "", ylabel=table.attrs.get("headline", label), title=title)
     if lines:
         ax.legend(fontsize=8)
