@@ -139,7 +139,7 @@ class Run:
         todo = [s for s in wanted if s not in done]
         rows = []
         try:
-            for step in _progress(todo, progress and len(todo) > 1, name):
+            for step in checkpoint_progress(todo, progress and len(todo) > 1, name):
                 with torch.no_grad():
                     rows.append({"step": step, **_numbers(fn(self.model_at(step)), name)})
         finally:  # an interrupted or failing map keeps what it computed
@@ -153,9 +153,11 @@ class Run:
 
     @property
     def metrics(self):
+        """The metrics table; empty (a `step` column only) while the run has logged nothing yet."""
         import pandas as pd
 
-        return pd.read_csv(self.path / "metrics.csv")
+        path = self.path / "metrics.csv"
+        return pd.read_csv(path) if path.exists() else pd.DataFrame({"step": pd.Series([], dtype=int)})
 
 
 def load_run(path: str | Path) -> Run:
@@ -178,7 +180,8 @@ def _numbers(value, name: str) -> dict:
     return row
 
 
-def _progress(steps: list[int], show: bool, name: str):
+def checkpoint_progress(steps: list[int], show: bool, name: str):
+    """`steps`, with a progress bar when `show` (for loops that load one checkpoint per step)."""
     if not show:
         return steps
     from tqdm import tqdm  # the text bar: tqdm.auto asks for ipywidgets in notebooks

@@ -88,7 +88,7 @@ class RunSet:
     def metrics(self):
         import pandas as pd
 
-        tables = [_metrics(run).assign(run=str(run.path)) for run in self.runs]
+        tables = [run.metrics.assign(run=str(run.path)) for run in self.runs]
         return pd.concat(tables, ignore_index=True).merge(self.configs, on="run", how="left")
 
     @property
@@ -110,15 +110,8 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _metrics(run: Run):
-    """The run's metrics table; empty for a run that has not logged yet (a sweep in progress)."""
-    import pandas as pd
-
-    return run.metrics if (run.path / "metrics.csv").exists() else pd.DataFrame({"step": []})
-
-
 def _summary(run: Run) -> dict:
-    metrics = _metrics(run)
+    metrics = run.metrics
     row = {"run": str(run.path)}
     if run.task.name == "modular_addition" and len(metrics):  # grokking's phases; phases.json may be missing
         row.update(estimate_phases(metrics))

@@ -58,9 +58,8 @@ def run_table(directory) -> pd.DataFrame:
     for run in runs:
         label, read = HEADLINES.get(run.task.name, DEFAULT_HEADLINE)
         labels.add(label)
-        metrics = run.metrics if (run.path / "metrics.csv").exists() else pd.DataFrame({"step": []})
         finished.append(bool(read_meta(run.path).get("finished")))
-        headline.append(read(metrics))
+        headline.append(read(run.metrics))
     table = runs.configs.assign(finished=finished, headline=headline)
     table.attrs["headline"] = " / ".join(sorted(labels))
     return table

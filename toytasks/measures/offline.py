@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..errors import ToytasksError
 from ..metrics import MetricsTable
+from ..run import checkpoint_progress
 from .brackets import BracketMeasures, BracketsConfig
 from .fourier import FourierConfig, FourierMeasures
 from .grokking import write_phases
@@ -33,7 +34,7 @@ def measure_run(run, progress: bool = True) -> list[str]:
     if fourier is not None:
         measures = FourierMeasures(run.task, fourier)
         final_mask = measures.final_key_mask(run.model_at(run.steps[-1]))
-        for step in _progress(run.steps, progress):  # one load and one forward pass per checkpoint
+        for step in checkpoint_progress(run.steps, progress, "measuring"):  # one load and one forward pass per checkpoint
             values = measures(run.model_at(step), final_mask=final_mask)
             table.log_metrics({k: v.item() for k, v in values.items()}, step=step)
     plain = []  # measures that are a function of one checkpoint alone
@@ -42,7 +43,7 @@ def measure_run(run, progress: bool = True) -> list[str]:
     if brackets is not None:
         plain.append(BracketMeasures(run.task, run.dataset["test"]))
     for measures in plain:
-        for step in _progress(run.steps, progress):
+        for step in checkpoint_progress(run.steps, progress, "measuring"):
             table.log_metrics({k: v.item() for k, v in measures(run.model_at(step)).items()}, step=step)
     table.save()
     if fourier is not None:
@@ -51,11 +52,3 @@ def measure_run(run, progress: bool = True) -> list[str]:
         write_heads_summary(run.path, heads)
     prefixes = ("fourier/", "heads/", "icl/", "attn/", "pos_loss/", "brackets/")
     return sorted({name for row in table.rows.values() for name in row if name.startswith(prefixes)})
-
-
-def _progress(steps, show: bool):
-    if not show:
-        return steps
-    from tqdm.auto import tqdm
-
-    return tqdm(steps, desc="measuring", unit="ckpt")

@@ -29,6 +29,7 @@ to longer lengths. Every string is distinct, so no string is in both train and t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from functools import cached_property
 
 import numpy as np
@@ -266,14 +267,9 @@ def max_depth(string: str) -> int:
     return int(max(0, np.cumsum(steps).max())) if string else 0
 
 
-_COUNTERS: dict = {}
-
-
+@functools.cache  # validation and the generator ask for the same counts
 def _counter(n: int, accepts) -> PathCounter:
-    key = (n, accepts)  # cached: validation and the generator ask for the same counts
-    if key not in _COUNTERS:
-        _COUNTERS[key] = PathCounter(n, accepts)
-    return _COUNTERS[key]
+    return PathCounter(n, accepts)
 
 
 def _draw_distinct(counter: PathCounter, n: int, rng: np.random.Generator) -> list[str]:
