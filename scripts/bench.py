@@ -58,7 +58,7 @@ def run_toytasks(args) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from toytasks.config import load_config
-    from toytasks.train import train
+    from toytasks.training import train
 
     class Clock(L.Callback):
         def on_train_start(self, trainer, pl_module):

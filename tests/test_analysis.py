@@ -7,8 +7,9 @@ import torch
 
 from toytasks import latest_run, load_run, load_runs
 from toytasks.errors import ToytasksError
-from toytasks.run import Run
-from toytasks.series import save_weights, series_path
+from toytasks.analysis.run import Run
+from toytasks.layout import RunPaths
+from toytasks.storage import save_weights
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_map_caches_and_picks_up_a_new_checkpoint(run, count_loads):
     again = run.map(embed_norm, name="norms")
     assert count_loads == [] and again.equals(first)  # the cache answers; no checkpoint loaded
 
-    save_weights(run.model_at(30), series_path(run.path, 40), 40)  # the series grows (a resumed run)
+    save_weights(run.model_at(30), RunPaths(run.path).series(40), 40)  # the series grows (a resumed run)
     count_loads.clear()
     grown = run.map(embed_norm, name="norms")
     assert count_loads == [40] and list(grown["step"]) == [*first["step"], 40]
@@ -160,7 +161,7 @@ def test_sample_is_seeded_and_separate_from_training(tmp_path):
 def test_mean_ablation_replaces_each_activation_by_its_mean():
     import torch.nn.functional as F
 
-    from toytasks.ablation import mean_ablation, standard_hook_names
+    from toytasks.analysis.ablation import mean_ablation, standard_hook_names
     from toytasks.model import build_model
     from toytasks.tasks.previous_token import PreviousToken
     from conftest import CONFIGS

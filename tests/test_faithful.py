@@ -12,7 +12,7 @@ from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.config import load_config
 from toytasks.model import build_model
-from toytasks.train import train
+from toytasks.training import train
 
 
 def seed_loop(config, steps):

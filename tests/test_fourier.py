@@ -5,13 +5,20 @@ import pytest
 import torch
 
 from seed_reference import seed_measures
-from toytasks.config import ModelConfig
-from toytasks.measures.fourier import (FourierConfig, FourierMeasures, fourier_basis, gini,
-                                       key_freq_mask, logit_periodicity, neuron_freq_fractions)
+from toytasks.config import ModelConfig, config_from_dict
+from toytasks.fourier import fourier_basis, gini, key_freq_mask, logit_periodicity, neuron_freq_fractions
+from toytasks.measures.fourier import FourierMeasure, FourierOptions
 from toytasks.model import build_model
 from toytasks.tasks.modular_addition import ModularAddition
 
 P = 13
+
+
+def fourier_measure(task: ModularAddition) -> FourierMeasure:
+    """The Fourier measure with its default options, built for a run of `task`."""
+    config = config_from_dict({"task": {"name": task.name, "p": task.p, "frac_train": task.frac_train},
+                               "max_steps": 1})
+    return FourierMeasure(FourierOptions(), config)
 
 
 def grid(p=P):
@@ -72,7 +79,7 @@ def test_same_numbers_as_the_seed_notebook(seed):
     mask[[k - 1 for k in key_freqs]] = True
     train, test = task.split_indices()
     ref = seed_measures(model, P, train, test, key_freqs)
-    measures = FourierMeasures(task, FourierConfig())
+    measures = fourier_measure(task)
     ours = measures(model, final_mask=mask)
     assert ours["fourier/restricted_loss_final_freqs"].item() == pytest.approx(ref["restricted_loss"].item(), rel=1e-5)
     assert ours["fourier/excluded_loss_final_freqs"].item() == pytest.approx(ref["excluded_loss"].item(), rel=1e-5)
@@ -91,7 +98,7 @@ def test_same_numbers_as_the_seed_notebook(seed):
 def test_live_measures_leave_the_model_as_it_was():
     task = ModularAddition(p=P, frac_train=0.4)
     model = build_model(ModelConfig(d_model=32, d_head=8, d_mlp=64), task, seed=0).train()
-    values = FourierMeasures(task, FourierConfig())(model)
+    values = fourier_measure(task)(model)
     assert model.training
     assert all(not hp._forward_hooks for hp in model.hook_dict.values())
     assert {"fourier/restricted_loss", "fourier/excluded_loss", "fourier/n_key_freqs", "fourier/embed_gini",

@@ -11,7 +11,7 @@ from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.cli import main
 from toytasks.config import load_config
-from toytasks.train import train
+from toytasks.training import train
 
 pytestmark = pytest.mark.slow
 

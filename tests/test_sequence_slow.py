@@ -6,7 +6,7 @@ import pytest
 from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.config import load_config
-from toytasks.train import train
+from toytasks.training import train
 
 pytestmark = pytest.mark.slow
 
