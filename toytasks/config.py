@@ -51,11 +51,17 @@ class ModelConfig:
     """Positional embeddings set to zero and frozen (the no-position experiment)."""
     seed: Optional[int] = None
     """Seed of the weight initialisation; null means the run's top-level seed."""
+    init: str = "hooked"
+    """Initial weights: `hooked`, exactly those TransformerLens 3's `HookedTransformer(cfg)` draws for
+    the same architecture and seed (the seed notebooks' models: every W_* from N(0, 0.8/sqrt(d_model))
+    in its order); `native`, TransformerLens 4's `boot_native` (which also scales W_O and W_out by
+    1/sqrt(2 n_layers)). Biases start at zero and LayerNorm weights at one with both."""
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        _check_choice("init", self.init, ("hooked", "native"))
         _check_choice("act_fn", self.act_fn, ACTIVATIONS)
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
         _check_choice("attention", self.attention, ATTENTION)
