@@ -19,7 +19,7 @@ from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.config import load_config
 from toytasks.model import apply_frozen_parts, build_model
-from toytasks.train import train
+from toytasks.training import train
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SEED_INIT = json.loads((FIXTURES / "seed_init.json").read_text())["configs"]
