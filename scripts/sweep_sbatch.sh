@@ -8,6 +8,8 @@
 # resumes from its last.ckpt, so submitting the same array again finishes whatever is left.
 # `--array=0-8%4` runs at most 4 at once. Extra `key=value` arguments after the sweep file apply
 # to every point; give the same ones to `--list`. The runs go to checkpoints/<sweep name>/.
+# With `--vmap` (given to `--list` too), task I trains group I: the points that differ only in
+# seeds, learning rate, weight decay or initial weights, as one stacked run.
 #SBATCH --job-name=toytasks-sweep
 #SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=4

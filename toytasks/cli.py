@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     only.add_argument("--list", action="store_true", help="print the number of points, then one line per point")
     only.add_argument("--index", type=int, metavar="I", help="train point I alone, in this process (array jobs)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar (with --index)")
+    sweep.add_argument("--vmap", action="store_true",
+                       help="train the points that differ only in seeds, learning rate, weight decay or initial "
+                            "weights together, as one stacked run per group; --list and --index then count groups")
 
     plot = commands.add_parser("plot", help="write PNG figures into RUN_DIR/plots/ (or, for a directory of "
                                             "runs such as a sweep's, one summary figure into DIR/plots/)")
@@ -81,16 +84,16 @@ def _sweep(args) -> int:
 
     sweep = load_sweep(args.sweep_file, args.overrides)
     if args.list:
-        print("\n".join(list_points(sweep)))
+        print("\n".join(list_points(sweep, vmap=args.vmap)))
         return 0
     if args.index is not None:
-        point = sweep.point(args.index)
+        point = sweep.point(args.index, vmap=args.vmap)
         if point.status() == "finished":
-            print(f"point {point.index} ({point.label}) is finished")
+            print(f"{'group' if args.vmap else 'point'} {point.index} ({point.label}) is finished")
         for run_dir in train_point(point, progress=not args.no_progress):
             print(f"run: {run_dir}")
         return 0
-    return 1 if run_sweep(sweep, jobs=args.jobs) else 0
+    return 1 if run_sweep(sweep, jobs=args.jobs, vmap=args.vmap) else 0
 
 
 def _measure(args) -> int:

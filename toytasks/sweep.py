@@ -15,6 +15,13 @@ ones start. A point whose config has `seeds` is an ensemble, trained in one proc
 
 `run_sweep` runs the points in `jobs` worker processes (`toytasks sweep FILE --index I`, the
 same command an array job runs on a cluster); `train_point` is what one worker does.
+
+With `vmap` (`toytasks sweep FILE --vmap`) the unit of work is a group instead of a point: the
+points whose runs differ only in per-run fields (toytasks/groups.py: seeds, learning rate, weight
+decay, initial weights) train together as one stacked run in one process, and points that differ
+in anything else go to separate groups (a grid over task.p and weight decay: one group per p).
+`--list --vmap` and `--index I --vmap` then list and train groups. A run of a group whose loss
+turns non-finite fails alone, as its single run would: the group's other runs resume without it.
 """
 from __future__ import annotations
 
@@ -31,7 +38,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import Config, apply_overrides, config_from_dict, read_yaml, set_dotted
-from .errors import ToytasksError
+from .errors import NonFiniteLoss, ToytasksError
+from .groups import PER_RUN, shared_fields
 from .measures import check_measures
 from .layout import RunPaths
 from .storage import prepare_run_dir, read_meta
@@ -51,17 +59,50 @@ class Point:
         return " ".join(f"{key}={value}" for key, value in self.values.items())
 
     @property
+    def members(self) -> list[Config]:
+        return self.config.members
+
+    @property
     def run_dirs(self) -> list[Path]:
-        return [member.run_dir for member in self.config.members]
+        return [member.run_dir for member in self.members]
 
     def status(self) -> str:
         """finished, unfinished, failed (stopped on a non-finite loss; retried like unfinished) or new."""
-        metas = [read_meta(run_dir) for run_dir in self.run_dirs]
-        if all(meta.get("finished") for meta in metas):
-            return "finished"
-        if any(meta.get("failed") for meta in metas):
-            return "failed"
-        return "unfinished" if any(metas) else "new"
+        return _status(self.run_dirs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Points whose runs train together as one stacked run (`--vmap`)."""
+    index: int
+    points: list[Point]
+
+    @property
+    def members(self) -> list[Config]:
+        return [member for point in self.points for member in point.members]
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [member.run_dir for member in self.members]
+
+    @property
+    def label(self) -> str:
+        """The grid values its points share, then which points it holds."""
+        shared = {k: v for k, v in self.points[0].values.items() if all(p.values[k] == v for p in self.points)}
+        indices = ",".join(str(p.index) for p in self.points)
+        return " ".join([*(f"{k}={v}" for k, v in shared.items()), f"(points {indices})"])
+
+    def status(self) -> str:
+        return _status(self.run_dirs)
+
+
+def _status(run_dirs: list[Path]) -> str:
+    metas = [read_meta(run_dir) for run_dir in run_dirs]
+    if all(meta.get("finished") for meta in metas):
+        return "finished"
+    if any(meta.get("failed") for meta in metas):
+        return "failed"
+    return "unfinished" if any(metas) else "new"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +116,29 @@ class Sweep:
     def name(self) -> str:
         return self.path.stem
 
-    def point(self, index: int) -> Point:
-        if not 0 <= index < len(self.points):
-            raise ToytasksError(f"--index {index}: {self.path} has {len(self.points)} points "
-                                f"(0 to {len(self.points) - 1})")
-        return self.points[index]
+    @property
+    def groups(self) -> list[Group]:
+        """The points in groups that train as one stacked run each, in order of first point."""
+        keys: dict[str, list[Point]] = {}
+        for point in self.points:
+            key = repr(sorted(shared_fields(point.members[0]).items()))
+            keys.setdefault(key, []).append(point)
+        return [Group(i, points) for i, points in enumerate(keys.values())]
+
+    def units(self, vmap: bool) -> list[Point] | list[Group]:
+        """What one worker trains: a point, or with `vmap` a group of points."""
+        return self.groups if vmap else self.points
+
+    def point(self, index: int, vmap: bool = False) -> Point | Group:
+        units, kind = self.units(vmap), "groups" if vmap else "points"
+        if not 0 <= index < len(units):
+            raise ToytasksError(f"--index {index}: {self.path} has {len(units)} {kind} (0 to {len(units) - 1})")
+        return units[index]
+
+    def split_by(self) -> list[str]:
+        """The grid's keys that put points into separate groups (they are not per-run fields)."""
+        keys = self.points[0].values
+        return [k for k in keys if k not in PER_RUN and len({repr(p.values[k]) for p in self.points}) > 1]
 
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
@@ -143,42 +202,66 @@ def _grid(path: Path, grid: Any) -> dict[str, list]:
 
 # --- running ---------------------------------------------------------------------------------
 
-def train_point(point: Point, progress: bool = True) -> list[Path]:
-    """Train one point in this process: skip it if finished, resume it if interrupted."""
-    config = point.config
+def train_point(point: Point | Group, progress: bool = True) -> list[Path]:
+    """Train one point (or group of points) in this process: skip it if finished, resume it if
+    interrupted. A group's runs train as one stacked run; one whose loss turns non-finite is left
+    failed (as its single run would be) and the others resume without it."""
     if point.status() == "finished":
         return point.run_dirs
-    from .training import train_runs
+    from .training import train_members
 
-    return train_runs(config, resume=True, progress=progress)
+    todo, failed = list(point.members), []
+    while todo:
+        try:
+            train_members(todo, resume=True, progress=progress)
+            break
+        except NonFiniteLoss as error:
+            failed.append(error)
+            if len(todo) > 1:
+                print(f"{todo[error.run].run_dir}: {error}; the other runs go on", file=sys.stderr)
+            todo = todo[:error.run] + todo[error.run + 1:]
+    if failed:
+        if len(failed) == 1 and len(point.members) == 1:
+            raise failed[0]
+        raise NonFiniteLoss(failed[0].step, f"{len(failed)} of {len(point.members)} runs stopped on a "
+                                            f"non-finite loss, the first: {failed[0]}")
+    return point.run_dirs
 
 
-def list_points(sweep: Sweep) -> list[str]:
-    """The lines of `toytasks sweep FILE --list`: the number of points, then one line each."""
-    lines = [str(len(sweep.points))]
-    for point in sweep.points:
-        dirs = point.run_dirs
-        more = f" (+{len(dirs) - 1} seeds)" if len(dirs) > 1 else ""
-        lines.append(f"{point.index}\t{point.status()}\t{dirs[0]}{more}\t{point.label}")
+def list_points(sweep: Sweep, vmap: bool = False) -> list[str]:
+    """The lines of `toytasks sweep FILE --list`: the number of points (with `vmap`, of groups),
+    then one line each."""
+    units = sweep.units(vmap)
+    lines = [str(len(units))]
+    for unit in units:
+        dirs = unit.run_dirs
+        more = f" (+{len(dirs) - 1} {'runs' if vmap else 'seeds'})" if len(dirs) > 1 else ""
+        lines.append(f"{unit.index}\t{unit.status()}\t{dirs[0]}{more}\t{unit.label}")
     return lines
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -> list[Point]:
-    """Train every point that is not finished, `jobs` at a time, each in its own process.
+def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print, vmap: bool = False) -> list[Point]:
+    """Train every point that is not finished, `jobs` at a time, each in its own process (with
+    `vmap`, each group of points as one stacked run in its own process).
 
     Every point's resolved config is written to its run directory before anything trains.
-    Returns the points that failed; the others run to the end regardless.
+    Returns the points (or groups) that failed; the others run to the end regardless.
     """
     if jobs < 1:
         raise ToytasksError(f"-j {jobs}: must be at least 1")
-    total = len(sweep.points)
-    statuses = {point.index: point.status() for point in sweep.points}
-    todo = [point for point in sweep.points if statuses[point.index] != "finished"]
-    for point in todo:
-        for member in point.config.members:
+    units = sweep.units(vmap)
+    total = len(units)
+    if vmap:
+        split = sweep.split_by()
+        say(f"sweep {sweep.name}: {len(sweep.points)} points in {total} stacked run{'s' if total > 1 else ''}"
+            + (f" (split by {', '.join(split)})" if split else ""))
+    statuses = {unit.index: unit.status() for unit in units}
+    todo = [unit for unit in units if statuses[unit.index] != "finished"]
+    for unit in todo:
+        for member in unit.members:
             if not read_meta(member.run_dir).get("finished"):
                 prepare_run_dir(member, resume=True, overwrite=False)
-    for point in sweep.points:
+    for point in units:
         if statuses[point.index] == "finished":
             say(f"[{point.index + 1}/{total}] finished, skipped  {point.run_dirs[0]}  {point.label}")
 
@@ -192,7 +275,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -
         log = RunPaths(point.run_dirs[0]).train_log
         started = time.time()
         command = [sys.executable, "-m", "toytasks.cli", "sweep", str(sweep.path), *sweep.overrides,
-                   "--index", str(point.index), "--no-progress"]
+                   "--index", str(point.index), "--no-progress", *(["--vmap"] if vmap else [])]
         with open(log, "a") as out:
             code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
         seconds = time.time() - started
@@ -212,8 +295,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -
         raise
     pool.shutdown()
     failed.sort(key=lambda p: p.index)
-    say(f"sweep {sweep.name}: {total} points, {total - len(todo)} already finished, {len(todo) - len(failed)} "
-        f"trained now, {len(failed)} failed" + "".join(f"{'; ' if i else ': '}point {p.index} ({p.label})"
+    kind = "group" if vmap else "point"
+    say(f"sweep {sweep.name}: {total} {kind}s, {total - len(todo)} already finished, {len(todo) - len(failed)} "
+        f"trained now, {len(failed)} failed" + "".join(f"{'; ' if i else ': '}{kind} {p.index} ({p.label})"
                                                       for i, p in enumerate(failed)))
     return failed
 

@@ -2,6 +2,8 @@
 
     train_runs(config)   every run the config stands for (one, or one per seed of `seeds:`,
                          trained at once in one process); returns their run directories
+    train_members(cs)    runs that differ only in toytasks/groups.py's per-run fields (seeds,
+                         learning rates, weight decays, ...), trained at once in one process
     train(config)        a single run; returns its run directory
 
 Layout: module.py is the LightningModule (the step), replicas.py the weights of one run or of
@@ -23,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ..config import Config
 from ..errors import ConfigError, NonFiniteLoss, ToytasksError
+from ..groups import check_group, differing_beyond_seeds
 from ..layout import RunPaths
 from ..measures import check_measures
 from ..storage import RunLock, load_or_make_dataset, prepare_run_dir, read_meta, resumable_step, write_meta
@@ -31,7 +34,7 @@ from .checkpoint_io import RunsCheckpointIO
 from .members import Member
 from .module import ToyTaskModule
 
-__all__ = ["train", "train_runs", "global_rank"]
+__all__ = ["train", "train_runs", "train_members", "global_rank"]
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -49,9 +52,19 @@ def train_runs(config: Config, resume: bool = False, overwrite: bool = False, pr
     An existing run is never silently replaced: `overwrite` starts it over, `resume` continues it
     from its last.ckpt (a run that has finished is left as it is); without either, it is an error.
     """
-    check_measures(config)
-    check_batch_size(config)
-    members = config.members
+    return train_members(config.members, resume, overwrite, progress, callbacks)
+
+
+def train_members(members: Sequence[Config], resume: bool = False, overwrite: bool = False, progress: bool = True,
+                  callbacks: Sequence[L.Callback] = ()) -> list[Path]:
+    """Train single-run configs together as one stacked run (a seed ensemble, or a grid of
+    hyperparameters: toytasks/groups.py says which fields may differ); as train_runs."""
+    members = list(members)
+    for member in members:
+        check_measures(member)
+    check_batch_size(members[0])
+    if len(members) > 1:
+        check_group(members)
     if global_rank() > 0:
         # A further DDP process (started by Lightning's launcher, or by srun): process 0 owns
         # the run directory, its lock and its files; this one trains and writes nothing.
@@ -65,7 +78,10 @@ def train_runs(config: Config, resume: bool = False, overwrite: bool = False, pr
             for run_dir in run_dirs:
                 stack.enter_context(RunLock(run_dir))
             stack.enter_context(quiet_lightning())
-            _fit(todo, run_dirs, resume, progress, callbacks, writer=True)
+            try:
+                _fit(todo, run_dirs, resume, progress, callbacks, writer=True)
+            except NonFiniteLoss as error:  # name the run by its place in `members`
+                raise NonFiniteLoss(error.step, str(error), members.index(todo[error.run])) from None
     return [m.run_dir for m in members]
 
 
@@ -88,8 +104,11 @@ def _fit(configs: list[Config], run_dirs: list[Path], resume: bool, progress: bo
         num_sanity_val_steps=0, limit_val_batches=0,
     )
     writer = writer and trainer.is_global_zero
-    seeds = {"ensemble": [c.seed for c in configs]} if len(configs) > 1 else {}
-    metas = [write_meta(m.paths.root, m.config, device=str(trainer.strategy.root_device), finished=False, **seeds)
+    together = {}
+    if len(configs) > 1:  # a seed ensemble names its seeds, a grid its runs
+        together = {"grid": [c.run_id for c in configs]} if differing_beyond_seeds(configs) else \
+            {"ensemble": [c.seed for c in configs]}
+    metas = [write_meta(m.paths.root, m.config, device=str(trainer.strategy.root_device), finished=False, **together)
              if writer else {} for m in members]
     started, precision = time.time(), torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(config.matmul_precision)
@@ -99,7 +118,7 @@ def _fit(configs: list[Config], run_dirs: list[Path], resume: bool, progress: bo
         member = members[error.run]
         steps = [s for s in member.paths.saved_steps() if s <= error.step]
         good = f"the last good checkpoint is {member.paths.series(steps[-1])}" if steps else "no checkpoint was saved"
-        remedy = "train the seed alone with on_nonfinite=skip" if len(members) > 1 else "set on_nonfinite=skip"
+        remedy = "train the run alone with on_nonfinite=skip" if len(members) > 1 else "set on_nonfinite=skip"
         message = f"{error} ({config.experiment}); training stopped, {good}. Lower the learning rate, or {remedy}"
         if writer:
             write_meta(member.paths.root, member.config, failed=message)
@@ -119,7 +138,7 @@ def _start_step(run_dirs: list[Path], resume: bool) -> int:
               for d in run_dirs}
     if len(set(starts.values())) > 1:
         steps = ", ".join(f"{d}: {s}" for d, s in starts.items())
-        raise ToytasksError(f"the seeds stopped at different steps ({steps}); resume each alone with "
+        raise ToytasksError(f"the runs stopped at different steps ({steps}); resume each alone with "
                             "`toytasks train RUN_DIR/config.yaml --resume`, or pass --overwrite")
     return starts[run_dirs[0]]
 

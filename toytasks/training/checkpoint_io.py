@@ -3,8 +3,9 @@
 Lightning builds one checkpoint for the module; this plugin writes each run's part of it into
 that run's directory in the one-run format (its weights under the single run's keys, its slice
 of the optimizer state, its data generator), and stacks the runs' files back into one checkpoint
-when resuming. So a killed ensemble resumes together, and any of its seeds also resumes alone
-(`toytasks train RUN_DIR/config.yaml --resume`).
+when resuming. So a killed ensemble or grid resumes together, and any of its runs also resumes
+alone (`toytasks train RUN_DIR/config.yaml --resume`). A grid's optimizer (RunsAdamW) keeps run
+0's learning rate and weight decay in its param group, so the stacked checkpoint is run 0's.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 
 from ..files import write_atomically
+from ..optim import RunsAdamW
 
 
 class RunsCheckpointIO(CheckpointIO):
@@ -19,9 +21,12 @@ class RunsCheckpointIO(CheckpointIO):
         self.module = module
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        runs = self.module.runs
+        runs, optimizer = self.module.runs, self.module.trainer.optimizers[0]
         for i, member in enumerate(self.module.members):
             part = runs.run_checkpoint(checkpoint, i)
+            if isinstance(optimizer, RunsAdamW):  # run i's learning rate and weight decay, as its single run has them
+                states = optimizer.one_run_state(part["optimizer_states"][0], part["lr_schedulers"][0], i)
+                part = {**part, "optimizer_states": [states[0]], "lr_schedulers": [states[1]]}
             write_atomically(member.paths.resumable, lambda tmp: torch.save(part, tmp))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:

@@ -10,14 +10,17 @@ import torch
 
 class DeviceMetrics:
     """Per-step values held on the device: 0-d tensors, [runs] tensors (one value per run of an
-    ensemble), or plain floats."""
+    ensemble), plain floats, or lists of floats (one per run, known on the host)."""
 
     def __init__(self):
         self._pending: list[tuple[int, str, torch.Tensor | float]] = []
 
     def add(self, step: int, values: Mapping[str, torch.Tensor | float]) -> None:
         for name, value in values.items():
-            value = value.detach() if isinstance(value, torch.Tensor) else float(value)
+            if isinstance(value, torch.Tensor):
+                value = value.detach()
+            else:
+                value = [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
             self._pending.append((step, name, value))
 
     def drain(self) -> dict[int, dict[str, float | list[float]]]:

@@ -18,7 +18,8 @@ import torch
 
 from ..data import Batch, RunBatches, TrainBatches, held_out_batch
 from ..errors import NonFiniteLoss
-from ..optim import clip_scales, optimizer_and_schedule
+from ..groups import optimizers_differ
+from ..optim import RunsAdamW, clip_scales, optimizer_and_schedule, runs_optimizer_and_schedule
 from ..tasks import batch_from_split
 from ..tasks.base import BATCH_KEYS
 from . import replicas
@@ -135,7 +136,7 @@ class ToyTaskModule(L.LightningModule):
                  for i in range(len(self.members))]
         values = {"weights/sq_norm": torch.stack(norms)}
         if self.trainer.optimizers:
-            values["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+            values["lr"] = self.learning_rates()
         if self.config.on_nonfinite == "skip":
             values["train/skipped_steps"] = self.skipped_steps
         # No mode switch: these models have no dropout or batch norm, and toggling the bridge's
@@ -164,7 +165,18 @@ class ToyTaskModule(L.LightningModule):
 
     # --- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
+        configs = [m.config for m in self.members]
+        if optimizers_differ(configs):  # a grid: one lr and weight decay per run
+            return runs_optimizer_and_schedule(self.runs.trainable(), [c.optim for c in configs], self.config.max_steps)
+        # Single runs and seed ensembles keep torch's AdamW (their metrics stay byte for byte).
         return optimizer_and_schedule(self.runs.trainable(), self.config.optim, self.config.max_steps)
+
+    def learning_rates(self) -> float | list[float]:
+        """The learning rate now: one for all the runs, or one per run of a grid."""
+        optimizer = self.trainer.optimizers[0]
+        if isinstance(optimizer, RunsAdamW):
+            return optimizer.learning_rates(self.trainer.lr_scheduler_configs[0].scheduler.last_epoch)
+        return optimizer.param_groups[0]["lr"]
 
     # --- resumable state (split into one file per run by checkpoint_io.py) ------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
