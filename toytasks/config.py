@@ -142,13 +142,28 @@ class TrainerConfig:
     """Machines (a SLURM allocation started with `srun`), each running `devices` processes."""
     strategy: str = "auto"
     """auto (Lightning's choice: DDP for several devices) or ddp."""
+    capture: Any = "auto"
+    """Record the training step once as CUDA graphs and replay it (toytasks/training/captured.py):
+    `auto` does so on a CUDA device when the task's batches have one shape (every task's do) and
+    the run is on one device with on_nonfinite: stop; `on` (YAML reads it as true) insists, with
+    an error where it cannot; `off` (false) runs the eager step, the reference. The two agree to
+    float rounding, not bit for bit."""
 
     def __post_init__(self):
         _check_choice("accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
+        if not (isinstance(self.capture, bool) or self.capture in ("auto", "on", "off")):
+            raise ConfigError("capture", f"must be auto, on (true) or off (false), got {self.capture!r}")
         _check_choice("strategy", self.strategy, ("auto", "ddp"))
         for name in ("devices", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def capture_mode(self) -> str:
+        """auto, on or off (YAML reads `on` and `off` as true and false)."""
+        if isinstance(self.capture, bool):
+            return "on" if self.capture else "off"
+        return self.capture
 
     @property
     def world_size(self) -> int:
@@ -211,6 +226,8 @@ class Config:
             raise ConfigError("experiment", f"must be a non-empty name without '/', got {self.experiment!r}")
         if self.trainer.world_size > 1 and self.on_nonfinite == "skip":
             raise ConfigError("on_nonfinite", "`skip` needs one device (a skipped step would stall DDP)")
+        if self.trainer.capture_mode == "on" and (self.on_nonfinite != "stop" or self.trainer.world_size > 1):
+            raise ConfigError("trainer.capture", "`on` needs one device and on_nonfinite: stop")
         if self.seeds is not None:
             self._check_ensemble()
 
@@ -250,11 +267,12 @@ class Config:
     def run_id(self) -> str:
         """A short hash of everything that changes the result, plus the seed; never the clock."""
         identity = {k: v for k, v in self.to_dict().items() if k != "out_dir"}
-        # The accelerator is where a run trains, not what it computes; the other trainer fields
-        # count only when they differ from the defaults, so runs keep the ids they had before
-        # the trainer section existed.
+        # The accelerator and the captured step are where and how a run trains, not what it
+        # computes; the other trainer fields count only when they differ from the defaults, so
+        # runs keep the ids they had before the trainer section existed.
         defaults = to_plain(TrainerConfig())
-        trainer = {k: v for k, v in identity.pop("trainer").items() if k != "accelerator" and v != defaults[k]}
+        trainer = {k: v for k, v in identity.pop("trainer").items()
+                   if k not in ("accelerator", "capture") and v != defaults[k]}
         if trainer:
             identity["trainer"] = trainer
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]

@@ -129,7 +129,8 @@ def _fit(configs: list[Config], run_dirs: list[Path], resume: bool, progress: bo
         wall = time.time() - started
         for member, meta in zip(members, metas):
             write_meta(member.paths.root, member.config, finished=True, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       wall_seconds=round(meta.get("wall_seconds", 0.0) + wall, 2))
+                       wall_seconds=round(meta.get("wall_seconds", 0.0) + wall, 2),
+                       captured_step=module.captured is not None and module.captured.record)
 
 
 def _start_step(run_dirs: list[Path], resume: bool) -> int:

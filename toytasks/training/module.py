@@ -8,6 +8,9 @@ every `log_every` steps, so no step waits for the host.
 
 The order of work at each step: the callbacks (callbacks.py: series, resumable checkpoint,
 measures), then this module's `on_train_batch_end` (test loss, then the metrics hand-over).
+
+With `trainer.capture` (on by default on a GPU) the step and the evaluation are recorded once as
+CUDA graphs and replayed (captured.py); this module's eager step stays the reference.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from ..optim import RunsAdamW, clip_scales, optimizer_and_schedule, runs_optimiz
 from ..tasks import batch_from_split
 from ..tasks.base import BATCH_KEYS
 from . import replicas
+from .captured import CapturedStep, use_capture
 from .device_metrics import DeviceMetrics
 from .members import Member
 
@@ -51,6 +55,8 @@ class ToyTaskModule(L.LightningModule):
         self.latest: dict[str, float] = {}  # the newest row, averaged over runs, for the progress bar
         self.first_nonfinite: Optional[torch.Tensor] = None  # [runs]: first bad step, or -1
         self.skipped_steps = self.skips_in_a_row = 0
+        self._capture: Optional[bool] = None  # decided once the device is known (capturing())
+        self.captured: Optional[CapturedStep] = None
 
     # --- data and device --------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -58,6 +64,13 @@ class ToyTaskModule(L.LightningModule):
         self.train_split, self.eval_split = move(self.train_split), move(self.eval_split)
         self.runs.on_device(self.device)
         self.first_nonfinite = torch.full((len(self.members),), -1, device=self.device)
+        self.captured = CapturedStep(self) if self.capturing() else None
+
+    def capturing(self) -> bool:
+        """Is the step captured (trainer.capture: auto, on or off, and the device)?"""
+        if self._capture is None:
+            self._capture = use_capture(self.config, self.device)
+        return self._capture
 
     def train_dataloader(self) -> RunBatches:
         if self.batches is None:
@@ -72,14 +85,25 @@ class ToyTaskModule(L.LightningModule):
 
     # --- the step ---------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Optional[torch.Tensor]:
+        if self.captured is not None:  # forward, backward and clipping replayed; the update follows
+            self.captured.train_step(batch, self.global_step)  # in the optimizer's step
+            return None
         loss, accuracy = self.runs.score(batch, shared=self.shared_data)  # [runs] each
         self.step_metrics.add(self.global_step, {"train/loss": loss, "train/acc": accuracy})
         if self.config.on_nonfinite == "skip":  # one run only (the config refuses it for ensembles)
             return self.skip_if_nonfinite(loss)
-        # Remember the first non-finite step on the device; checked before anything is saved.
-        bad = ~torch.isfinite(loss) & (self.first_nonfinite < 0)
-        self.first_nonfinite = torch.where(bad, self.global_step, self.first_nonfinite)
+        self.note_nonfinite(loss, self.global_step)
         return loss.sum()  # run i's parameters get the gradient of its own loss
+
+    def note_nonfinite(self, loss: torch.Tensor, step) -> None:
+        """Remember each run's first non-finite step on the device (in place, for a captured step
+        too); checked before anything is saved."""
+        bad = ~torch.isfinite(loss) & (self.first_nonfinite < 0)
+        self.first_nonfinite.copy_(torch.where(bad, step, self.first_nonfinite))
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer) -> None:
+        if self.captured is None:  # a captured step's backward writes its gradients in place
+            optimizer.zero_grad()
 
     def skip_if_nonfinite(self, loss: torch.Tensor) -> Optional[torch.Tensor]:
         if torch.isfinite(loss).all():  # a host sync per step: the price of the opt-in `skip`
@@ -94,7 +118,7 @@ class ToyTaskModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip each run's gradient by its own norm (what clip_grad_norm_ does for one run)."""
         clip = self.config.optim.grad_clip
-        if clip is None:
+        if clip is None or self.captured is not None:  # a captured step clips inside its graph
             return
         grads = [self.runs.run_grads(i) for i in range(len(self.members))]
         if all(grads):  # none after a skipped step
@@ -131,18 +155,26 @@ class ToyTaskModule(L.LightningModule):
     @torch.no_grad()
     def evaluate(self) -> None:
         """Test loss and accuracy, the learning rate and the weight norm, at the current step."""
-        # One fused kernel for all of a run's parameters (as clip_grad_norm_ does), not a loop.
-        norms = [torch.stack(torch._foreach_norm(self.runs.run_weights(i))).pow(2).sum()
-                 for i in range(len(self.members))]
-        values = {"weights/sq_norm": torch.stack(norms)}
+        values = {}
         if self.trainer.optimizers:
             values["lr"] = self.learning_rates()
         if self.config.on_nonfinite == "skip":
             values["train/skipped_steps"] = self.skipped_steps
+        if self.captured is not None:
+            self.captured.evaluate(self.global_step)
+        else:
+            values.update(self.evaluation())
+        self.step_metrics.add(self.global_step, values)
+
+    def evaluation(self) -> dict[str, torch.Tensor]:
+        """The evaluation's device values, [runs] each."""
+        # One fused kernel for all of a run's parameters (as clip_grad_norm_ does), not a loop.
+        norms = [torch.stack(torch._foreach_norm(self.runs.run_weights(i))).pow(2).sum()
+                 for i in range(len(self.members))]
         # No mode switch: these models have no dropout or batch norm, and toggling the bridge's
         # many modules costs milliseconds at every step.
-        values["val/loss"], values["val/acc"] = self.runs.score(self.eval_split, shared=self.eval_shared)
-        self.step_metrics.add(self.global_step, values)
+        loss, accuracy = self.runs.score(self.eval_split, shared=self.eval_shared)
+        return {"weights/sq_norm": torch.stack(norms), "val/loss": loss, "val/acc": accuracy}
 
     def flush_metrics(self, save: bool = False) -> None:
         """Copy pending metrics to the host once and hand each run's rows to its loggers. `save`
@@ -150,6 +182,10 @@ class ToyTaskModule(L.LightningModule):
         end, not at every flush: rewriting a long table every few steps costs more than training)."""
         self.raise_if_nonfinite()
         stacked = self.step_metrics.drain()  # {step: {name: [one value per run] or a shared float}}
+        if self.captured is not None:
+            for step, row in self.captured.drain().items():
+                stacked.setdefault(step, {}).update(row)
+            stacked = dict(sorted(stacked.items()))
         for i, member in enumerate(self.members):
             rows = member.metrics.drain()  # its measures
             for step, row in stacked.items():
@@ -166,8 +202,10 @@ class ToyTaskModule(L.LightningModule):
     # --- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
         configs = [m.config for m in self.members]
-        if optimizers_differ(configs):  # a grid: one lr and weight decay per run
-            return runs_optimizer_and_schedule(self.runs.trainable(), [c.optim for c in configs], self.config.max_steps)
+        if optimizers_differ(configs) or self.capturing():  # a grid (one lr and weight decay per run),
+            # or a captured step (whose update reads each step's values on the device)
+            return runs_optimizer_and_schedule(self.runs.trainable(), [c.optim for c in configs], self.config.max_steps,
+                                               stacked=len(self.members) > 1)
         # Single runs and seed ensembles keep torch's AdamW (their metrics stay byte for byte).
         return optimizer_and_schedule(self.runs.trainable(), self.config.optim, self.config.max_steps)
 

@@ -1,0 +1,134 @@
+"""The captured training step (trainer.capture), on the CPU: the switch, the choice, and the step
+itself run without recording. The CUDA graphs themselves are tested in tests/test_cuda.py.
+
+Run unrecorded, the captured step (static batch, RunsAdamW reading its row of the step table, the
+metrics written into device buffers and copied out every log_every steps) gives the eager step's
+run bit for bit on the CPU: same series, same metrics.csv, same summaries.
+"""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from test_ensemble import GROKKING, INDUCTION, TINY_GROKKING, TINY_INDUCTION, _stop_ensemble_at, assert_same_run
+from test_grids import grid_configs
+from toytasks.cli import main
+from toytasks.config import load_config
+from toytasks.errors import ConfigError
+from toytasks.training import captured, train, train_members
+from toytasks.training.captured import MetricRing, Recorded, use_capture
+
+CASES = {"grokking": (GROKKING, TINY_GROKKING), "induction": (INDUCTION, TINY_INDUCTION)}
+
+
+@pytest.fixture
+def static_step_on_cpu(monkeypatch):
+    """The captured step chosen on the CPU (where it runs unrecorded); counts its training steps."""
+    monkeypatch.setattr(captured, "CAPTURE_DEVICES", ("cuda", "cpu"))
+    calls = []
+    original = captured.CapturedStep.train_step
+
+    def counted(self, batch, step):
+        calls.append(step)
+        return original(self, batch, step)
+
+    monkeypatch.setattr(captured.CapturedStep, "train_step", counted)
+    return calls
+
+
+# --- the switch and the choice --------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, mode", [("auto", "auto"), ("on", "on"), ("off", "off"), ("true", "on"), ("false", "off")])
+def test_capture_switch_values(value, mode):
+    config = load_config(GROKKING, [f"trainer.capture={value}"])
+    assert config.trainer.capture_mode == mode
+    assert config.run_id == load_config(GROKKING).run_id  # how a run trains, not what it computes
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.capture=maybe"], "trainer.capture: must be auto, on (true) or off (false), got 'maybe'"),
+    (["trainer.capture=on", "on_nonfinite=skip"], "trainer.capture: `on` needs one device and on_nonfinite: stop"),
+    (["trainer.capture=on", "trainer.devices=2"], "trainer.capture: `on` needs one device and on_nonfinite: stop"),
+])
+def test_bad_capture_configs_are_one_line_errors(overrides, message, capsys):
+    assert main(["train", str(GROKKING), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_the_cpu_trains_eagerly(tmp_path, capsys):
+    cpu = torch.device("cpu")
+    assert not use_capture(load_config(GROKKING), cpu)  # auto: the eager step
+    assert not use_capture(load_config(GROKKING, ["trainer.capture=off"]), cpu)
+    with pytest.raises(ConfigError, match="needs a CUDA device, and this run trains on cpu"):
+        use_capture(load_config(GROKKING, ["trainer.capture=on"]), cpu)
+    assert main(["train", str(GROKKING), *TINY_GROKKING, "max_steps=3", f"out_dir={tmp_path}", "trainer.capture=on",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: trainer.capture: `on` needs a CUDA device, and this run trains on cpu; use auto or off\n"
+
+
+def test_auto_leaves_out_what_it_cannot_capture(monkeypatch):
+    monkeypatch.setattr(captured, "CAPTURE_DEVICES", ("cuda", "cpu"))
+    cpu = torch.device("cpu")
+    assert use_capture(load_config(GROKKING), cpu)
+    assert not use_capture(load_config(GROKKING, ["on_nonfinite=skip"]), cpu)
+    monkeypatch.setattr(type(load_config(GROKKING).task), "fixed_shape", False)
+    assert not use_capture(load_config(GROKKING), cpu)
+    with pytest.raises(ConfigError, match="needs batches of one shape, and modular_addition varies them"):
+        use_capture(load_config(GROKKING, ["trainer.capture=on"]), cpu)
+
+
+# --- the parts --------------------------------------------------------------------------------------
+
+def test_metric_ring_keeps_every_row_in_order_and_spills_when_full():
+    ring = MetricRing(["a", "b"], runs=2, capacity=3, device=torch.device("cpu"))
+    for step in range(7):  # the 3rd and 6th rows fill it: copied out then, kept for the next drain
+        ring.write({"a": torch.tensor([step, -step], dtype=torch.float64), "b": torch.tensor([0.5, 1.5])})
+        ring.written(step * 10)
+    rows = ring.drain()
+    assert list(rows) == [0, 10, 20, 30, 40, 50, 60]
+    assert rows[40] == {"a": [4.0, -4.0], "b": [0.5, 1.5]}
+    assert ring.drain() == {} and int(ring.slot) == 0
+
+
+def test_recorded_runs_its_function_when_not_recording():
+    counter = torch.zeros(())
+    step = Recorded(lambda: counter.add_(1), [counter], record=False)
+    step()
+    step()
+    assert counter.item() == 2  # no warm-up run, nothing put back
+
+
+# --- the step, unrecorded, equals the eager step ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["grokking", "induction"])
+def test_unrecorded_captured_step_is_the_eager_step(tmp_path, static_step_on_cpu, monkeypatch, name):
+    path, tiny = CASES[name]
+    config = load_config(path, [*tiny, "max_steps=30", f"out_dir={tmp_path / 'captured'}"])
+    run_dir = train(config, progress=False)
+    assert static_step_on_cpu == list(range(30))
+    assert json.loads((run_dir / "meta.json").read_text())["captured_step"] is False  # not recorded
+    monkeypatch.setattr(captured, "CAPTURE_DEVICES", ("cuda",))
+    eager = train(dataclasses.replace(config, out_dir=str(tmp_path / "eager")), progress=False)
+    assert_same_run(run_dir, eager, exact=True)
+
+
+def test_unrecorded_captured_grid_is_the_eager_grid(tmp_path, static_step_on_cpu, monkeypatch):
+    run_dirs = train_members(grid_configs("induction", tmp_path / "captured"), progress=False)
+    assert static_step_on_cpu == list(range(30))
+    monkeypatch.setattr(captured, "CAPTURE_DEVICES", ("cuda",))
+    for run_dir, eager in zip(run_dirs, train_members(grid_configs("induction", tmp_path / "eager"), progress=False)):
+        assert_same_run(run_dir, eager, exact=True)
+
+
+def test_captured_run_resumes_with_the_eager_step(tmp_path, static_step_on_cpu, monkeypatch):
+    """A captured run killed at step 10 leaves a one-run last.ckpt that the eager step resumes from."""
+    config = load_config(INDUCTION, [*TINY_INDUCTION, "max_steps=30", f"out_dir={tmp_path / 'a'}", "seeds=[0]"])
+    _stop_ensemble_at(config, 10)
+    assert static_step_on_cpu == list(range(10))
+    monkeypatch.setattr(captured, "CAPTURE_DEVICES", ("cuda",))
+    resumed = train(config.members[0], resume=True, progress=False)
+    eager = train(dataclasses.replace(config.members[0], out_dir=str(tmp_path / "b")), progress=False)
+    assert_same_run(resumed, eager, exact=True)
