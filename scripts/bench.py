@@ -1,7 +1,10 @@
-"""Benchmark: toytasks beside the seed notebook's grokking loop, same device, same workload.
+"""Benchmark: toytasks beside the seed notebook's grokking loop, same device, same workload; and
+(`--full`) the wall time of the whole configs/grokking.yaml reproduction with its measures.
 
     .venv/bin/python scripts/bench.py                      # p=113, 200 steps, 3 repetitions
     .venv/bin/python scripts/bench.py --steps 2000 --reps 5 --out bench.json
+    .venv/bin/python scripts/bench.py --full               # the full run: strict fp32, then TF32
+    .venv/bin/python scripts/bench.py --full --settings eager=trainer.capture=off --full-steps 2000
 
 Each repetition runs the seed's loop (../shared/peer/seed_grokking_loop.py, as it stands) and
 toytasks (`configs/grokking.yaml`: test loss every step, a checkpoint every 100 steps, the Fourier
@@ -81,6 +84,64 @@ def run_toytasks(args) -> dict:
             "peak_memory_mb": peak_memory_mb()}
 
 
+def run_full(args) -> dict:
+    """In this process: the full configs/grokking.yaml run (or --full-steps of it) with its measures,
+    timed from the first step until training and the end-of-run measures are done."""
+    import lightning as L
+
+    sys.path.insert(0, str(ROOT))
+    from toytasks.config import load_config
+    from toytasks.training import train
+
+    class Clock(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            _sync(pl_module.device)
+            self.start = time.perf_counter()
+
+        def on_fit_end(self, trainer, pl_module):
+            _sync(pl_module.device)
+            self.seconds = time.perf_counter() - self.start
+
+    clock, started = Clock(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as out_dir:
+        steps = [f"max_steps={args.full_steps}"] if args.full_steps else []
+        config = load_config(args.config, [*steps, f"out_dir={out_dir}", *args.overrides])
+        run_dir = train(config, progress=False, callbacks=[clock])
+        import pandas as pd
+
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        meta = json.loads((run_dir / "meta.json").read_text())
+        phases_path = run_dir / "phases.json"
+        phases = json.loads(phases_path.read_text()) if phases_path.exists() else {}
+    last = metrics.dropna(subset=["val/loss"]).iloc[-1]
+    return {"training_seconds": clock.seconds, "process_seconds": time.perf_counter() - started,
+            "steps": config.max_steps, "steps_per_s": config.max_steps / clock.seconds,
+            "captured_step": meta.get("captured_step"), "matmul_precision": config.matmul_precision,
+            "phases": phases, "final_test_loss": float(last["val/loss"]), "final_test_acc": float(last["val/acc"]),
+            "peak_memory_mb": peak_memory_mb()}
+
+
+def full_runs(args) -> None:
+    """Each setting (NAME=override,override) of the full run in a fresh process, one after the other."""
+    import torch
+
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    print(f"device: {device_name}   config: {args.config}   steps: {args.full_steps or 'all'}")
+    results = {}
+    for setting in args.settings:
+        name, _, overrides = setting.partition("=")
+        flags = [f"--config={args.config}", f"--full-steps={args.full_steps}",
+                 *[o for o in overrides.split(",") if o], *args.overrides]
+        results[name] = result = run_fresh(__file__, "full", flags)
+        print(f"{name:>8}: {result['training_seconds']:7.1f} s of training with measures ({result['steps_per_s']:.0f} "
+              f"steps/s; {result['process_seconds']:.1f} s in all), captured step: {result['captured_step']}, "
+              f"phases {result['phases']}, final test loss {result['final_test_loss']:.3g}")
+        # Written after each setting, so that a run cut short keeps what it measured.
+        Path(args.out).write_text(json.dumps({"device": device_name, "config": args.config, "settings": results},
+                                             indent=2))
+    print(f"wrote {args.out}")
+
+
 def _sync(device) -> None:
     import torch
 
@@ -113,13 +174,20 @@ def main() -> None:
     ap.add_argument("--peer", type=Path, default=DEFAULT_PEER)
     ap.add_argument("--config", default=str(ROOT / "configs" / "grokking.yaml"))
     ap.add_argument("--out", default="bench.json")
-    ap.add_argument("--inner", choices=["peer", "toytasks"], help=argparse.SUPPRESS)
+    ap.add_argument("--full", action="store_true", help="time the whole configs/grokking.yaml run with its measures")
+    ap.add_argument("--full-steps", type=int, default=0, help="with --full: this many steps instead of all")
+    ap.add_argument("--settings", nargs="+", default=["fp32=", "tf32=matmul_precision=high"],
+                    help="with --full: NAME=override,override for each run (default: strict fp32, then TF32)")
+    ap.add_argument("--inner", choices=["peer", "toytasks", "full"], help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra toytasks overrides, e.g. eval_every=10")
     args = ap.parse_args()
 
     if args.inner:
-        result = (run_peer if args.inner == "peer" else run_toytasks)(args)
+        result = {"peer": run_peer, "toytasks": run_toytasks, "full": run_full}[args.inner](args)
         print(json.dumps(result))
+        return
+    if args.full:
+        full_runs(args)
         return
     if not args.peer.exists():
         sys.exit(f"{args.peer}: the seed loop is not there; pass --peer PATH")
