@@ -156,6 +156,11 @@ def test_sample_is_seeded_and_separate_from_training(tmp_path):
     assert not torch.equal(a["tokens"], run.sample(8, seed=2)["tokens"])
     with pytest.raises(ToytasksError, match="run.sample"):
         run.batch("test")
+    # Never the training stream, even with the run's own seed (the CPU stream of a CPU run).
+    from toytasks.data import TrainBatches
+
+    stream = TrainBatches(run.task, 1, 8, seed=run.config.seed, device=torch.device("cpu"))
+    assert not torch.equal(run.sample(8, seed=run.config.seed)["tokens"], stream.next_batch()["tokens"])
 
 
 def test_mean_ablation_replaces_each_activation_by_its_mean():

@@ -31,6 +31,7 @@ from ..model import apply_frozen_parts, build_model
 from ..storage import load_weights
 from ..tasks import batch_from_split
 
+SAMPLE_SEEDS = 2**62  # run.sample's seeds start here; training streams use the run's seed (+ rank << 32)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 
 
@@ -64,11 +65,12 @@ class Run:
         return batch_from_split(self.dataset[split])
 
     def sample(self, n: int, seed: int = 0) -> dict:
-        """n examples of a sampled task, drawn on the CPU from a generator seeded with `seed`
-        (not the training stream's), so the same call always gives the same batch."""
+        """n examples of a sampled task, drawn on the CPU from a generator seeded with `seed` in a
+        space of its own, so the same call always gives the same batch and never one the run
+        trained on (its training stream is seeded with the run's seed)."""
         if self.task.finite:
             raise ToytasksError(f"{self.path}: {self.task.name} is a finite task; use run.batch(split)")
-        return self.task.sample(n, torch.Generator().manual_seed(seed))
+        return self.task.sample(n, torch.Generator().manual_seed(SAMPLE_SEEDS + seed))
 
     @property
     def steps(self) -> list[int]:
