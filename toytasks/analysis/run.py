@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..config import Config, config_from_dict, read_yaml
+from ..data import sample_seed
 from ..errors import ToytasksError
 from ..files import write_atomically
 from ..layout import RunPaths
@@ -31,7 +32,6 @@ from ..model import apply_frozen_parts, build_model
 from ..storage import load_weights
 from ..tasks import batch_from_split
 
-SAMPLE_SEEDS = 2**62  # run.sample's seeds start here; training streams use the run's seed (+ rank << 32)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 
 
@@ -65,12 +65,16 @@ class Run:
         return batch_from_split(self.dataset[split])
 
     def sample(self, n: int, seed: int = 0) -> dict:
-        """n examples of a sampled task, drawn on the CPU from a generator seeded with `seed` in a
-        space of its own, so the same call always gives the same batch and never one the run
-        trained on (its training stream is seeded with the run's seed)."""
+        """n examples of a sampled task, drawn on the CPU from a generator seeded from `seed`, so
+        the same call always gives the same batch, and never from one of the run's own data
+        streams (toytasks.data.sample_seed)."""
         if self.task.finite:
             raise ToytasksError(f"{self.path}: {self.task.name} is a finite task; use run.batch(split)")
-        return self.task.sample(n, torch.Generator().manual_seed(SAMPLE_SEEDS + seed))
+        try:
+            generator_seed = sample_seed(seed, self.config.seed, self.config.trainer.world_size)
+        except ValueError as error:
+            raise ToytasksError(f"run.sample: {error}") from None
+        return self.task.sample(n, torch.Generator().manual_seed(generator_seed))
 
     @property
     def steps(self) -> list[int]:
