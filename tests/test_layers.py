@@ -8,7 +8,7 @@ LAYERS = [
     ["errors", "files", "schema", "layout"],
     ["tasks"],
     ["config"],
-    ["model", "data", "loss", "optim", "phases", "fourier", "metrics_table", "storage", "plots"],
+    ["groups", "model", "data", "loss", "optim", "phases", "fourier", "metrics_table", "storage", "plots"],
     ["measures"],
     ["training"],
     ["analysis"],
