@@ -24,7 +24,8 @@ def main(out: Path) -> None:
     if seed:
         s = seed["median_steps_per_s"]
         print(f"seed loop {s['seed_loop']:.0f} steps/s, toytasks {s['toytasks']:.0f} steps/s: "
-              f"{seed['median_ratio']:.2f}x on {seed['device']} ({seed['steps']} steps, {len(seed['reps'])} reps)")
+              f"{seed['median_ratio']:.2f}x on {seed['device']} ({seed['steps']} steps, {len(seed['reps'])} reps); "
+              f"whole process (start-up included): {seed.get('median_process_ratio', float('nan')):.2f}x")
     if grid:
         g = grid["median_seed_steps_per_s"]
         print(f"{grid['seeds']}-run grid as one stacked run {g['ensemble']:.0f} run-steps/s, in sequence "
