@@ -132,3 +132,30 @@ def test_captured_run_resumes_with_the_eager_step(tmp_path, static_step_on_cpu, 
     resumed = train(config.members[0], resume=True, progress=False)
     eager = train(dataclasses.replace(config.members[0], out_dir=str(tmp_path / "b")), progress=False)
     assert_same_run(resumed, eager, exact=True)
+
+
+def test_what_acts_on_gradients_sees_them_before_clipping_in_both_steps(tmp_path, static_step_on_cpu, monkeypatch):
+    """Clipping runs eagerly between the captured step's two graphs, where the eager step clips:
+    a callback's on_before_optimizer_step (where gradient interventions act) sees the same
+    unclipped gradients in both."""
+    import lightning as L
+
+    class GradNorms(L.Callback):
+        def __init__(self):
+            self.norms = []
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            self.norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(module.runs.run_grads(0)))).item())
+
+    def norms(name):
+        seen = GradNorms()
+        config = load_config(INDUCTION, [*TINY_INDUCTION, "max_steps=10", f"out_dir={tmp_path / name}"])
+        train(config, progress=False, callbacks=[seen])
+        return seen.norms
+
+    captured_norms = norms("captured")
+    assert static_step_on_cpu == list(range(10))
+    monkeypatch.setattr(captured, "CAPTURE_DEVICES", ("cuda",))
+    eager_norms = norms("eager")
+    assert captured_norms == eager_norms
+    assert max(eager_norms) > 0.05  # above optim.grad_clip: the callback saw them unclipped

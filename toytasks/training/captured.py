@@ -5,8 +5,8 @@ is a few hundred small kernels, and what costs time is launching them from Pytho
 CUDA graph, a step is one launch. Three graphs, each recorded at its first use (after a resumed
 run's state is loaded) and replayed from then on:
 
-    train      forward, backward, gradient clipping, the non-finite check, and the loss and
-               accuracy written into a preallocated device buffer (MetricRing)
+    train      forward, backward, the non-finite check, and the loss and accuracy written
+               into a preallocated device buffer (MetricRing)
     update     RunsAdamW's update (optim.py), reading its step's learning rates and bias
                corrections from a table on the device, so nothing the host computes is frozen
                into the graph; then the device step counter moves on
@@ -15,8 +15,11 @@ run's state is loaded) and replayed from then on:
 Lightning drives them as it drives the eager step: `training_step` replays `train` and returns
 None (so Lightning runs no backward pass of its own), and the optimizer's `step` replays
 `update`; the learning-rate schedule, callbacks and checkpoints run as before. `train` and
-`update` are two graphs rather than one so that anything that runs between backward and update
-(Lightning's `on_before_optimizer_step`) still sees the gradients. The buffers are copied to the
+`update` are two graphs rather than one so that what runs between backward and update
+(Lightning's `on_before_optimizer_step`: gradient clipping, and whatever else a run does to its
+gradients) runs there eagerly, in the eager step's order, on the gradients the graph wrote.
+Clipping is left out of `train` for that reason: anything that changes the gradients before
+clipping (Grokfast's filter, say) would otherwise see them clipped, unlike the eager step. The buffers are copied to the
 host every `log_every` steps, with the eager path's other metrics: no step waits for the host.
 
 The eager path stays the reference: `trainer.capture: off`. On a device without CUDA graphs
@@ -30,7 +33,7 @@ import torch
 
 from ..config import Config
 from ..errors import ConfigError, ToytasksError
-from ..optim import RunsAdamW, clip_scales
+from ..optim import RunsAdamW
 
 if TYPE_CHECKING:
     from .module import ToyTaskModule
@@ -175,11 +178,7 @@ class CapturedStep:
         module = self.module
         self._drop_grads()
         loss, accuracy = self.runs.score(self.batch, shared=module.shared_data)  # [runs] each
-        loss.sum().backward()
-        clip = module.config.optim.grad_clip
-        if clip is not None:
-            grads = [self.runs.run_grads(i) for i in range(len(module.members))]
-            self.runs.scale_grads(clip_scales(grads, clip))
+        loss.sum().backward()  # clipping follows in the module's on_before_optimizer_step
         module.note_nonfinite(loss, self.step)
         self.train_metrics.write({"train/loss": loss, "train/acc": accuracy})
 

@@ -85,7 +85,7 @@ class ToyTaskModule(L.LightningModule):
 
     # --- the step ---------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Optional[torch.Tensor]:
-        if self.captured is not None:  # forward, backward and clipping replayed; the update follows
+        if self.captured is not None:  # forward and backward replayed; the update follows
             self.captured.train_step(batch, self.global_step)  # in the optimizer's step
             return None
         loss, accuracy = self.runs.score(batch, shared=self.shared_data)  # [runs] each
@@ -116,9 +116,10 @@ class ToyTaskModule(L.LightningModule):
         return None  # Lightning skips the backward pass and the optimizer step
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Clip each run's gradient by its own norm (what clip_grad_norm_ does for one run)."""
+        """Clip each run's gradient by its own norm (what clip_grad_norm_ does for one run); eagerly
+        for a captured step too, between its two graphs (see captured.py)."""
         clip = self.config.optim.grad_clip
-        if clip is None or self.captured is not None:  # a captured step clips inside its graph
+        if clip is None:
             return
         grads = [self.runs.run_grads(i) for i in range(len(self.members))]
         if all(grads):  # none after a skipped step
