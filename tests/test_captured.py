@@ -20,6 +20,11 @@ from toytasks.training import captured, train, train_members
 from toytasks.training.captured import MetricRing, Recorded, use_capture
 
 CASES = {"grokking": (GROKKING, TINY_GROKKING), "induction": (INDUCTION, TINY_INDUCTION)}
+CPU = "trainer.accelerator=cpu"  # bit for bit holds on the CPU; on a GPU the step is recorded (test_cuda.py)
+
+
+def on_the_cpu(configs):
+    return [dataclasses.replace(c, trainer=dataclasses.replace(c.trainer, accelerator="cpu")) for c in configs]
 
 
 @pytest.fixture
@@ -106,7 +111,7 @@ def test_recorded_runs_its_function_when_not_recording():
 @pytest.mark.parametrize("name", ["grokking", "induction"])
 def test_unrecorded_captured_step_is_the_eager_step(tmp_path, static_step_on_cpu, monkeypatch, name):
     path, tiny = CASES[name]
-    config = load_config(path, [*tiny, "max_steps=30", f"out_dir={tmp_path / 'captured'}"])
+    config = load_config(path, [*tiny, "max_steps=30", f"out_dir={tmp_path / 'captured'}", CPU])
     run_dir = train(config, progress=False)
     assert static_step_on_cpu == list(range(30))
     assert json.loads((run_dir / "meta.json").read_text())["captured_step"] is False  # not recorded
@@ -116,16 +121,16 @@ def test_unrecorded_captured_step_is_the_eager_step(tmp_path, static_step_on_cpu
 
 
 def test_unrecorded_captured_grid_is_the_eager_grid(tmp_path, static_step_on_cpu, monkeypatch):
-    run_dirs = train_members(grid_configs("induction", tmp_path / "captured"), progress=False)
+    run_dirs = train_members(on_the_cpu(grid_configs("induction", tmp_path / "captured")), progress=False)
     assert static_step_on_cpu == list(range(30))
     monkeypatch.setattr(captured, "CAPTURE_DEVICES", ("cuda",))
-    for run_dir, eager in zip(run_dirs, train_members(grid_configs("induction", tmp_path / "eager"), progress=False)):
+    for run_dir, eager in zip(run_dirs, train_members(on_the_cpu(grid_configs("induction", tmp_path / "eager")), progress=False)):
         assert_same_run(run_dir, eager, exact=True)
 
 
 def test_captured_run_resumes_with_the_eager_step(tmp_path, static_step_on_cpu, monkeypatch):
     """A captured run killed at step 10 leaves a one-run last.ckpt that the eager step resumes from."""
-    config = load_config(INDUCTION, [*TINY_INDUCTION, "max_steps=30", f"out_dir={tmp_path / 'a'}", "seeds=[0]"])
+    config = load_config(INDUCTION, [*TINY_INDUCTION, "max_steps=30", f"out_dir={tmp_path / 'a'}", "seeds=[0]", CPU])
     _stop_ensemble_at(config, 10)
     assert static_step_on_cpu == list(range(10))
     monkeypatch.setattr(captured, "CAPTURE_DEVICES", ("cuda",))
@@ -149,7 +154,7 @@ def test_what_acts_on_gradients_sees_them_before_clipping_in_both_steps(tmp_path
 
     def norms(name):
         seen = GradNorms()
-        config = load_config(INDUCTION, [*TINY_INDUCTION, "max_steps=10", f"out_dir={tmp_path / name}"])
+        config = load_config(INDUCTION, [*TINY_INDUCTION, "max_steps=10", f"out_dir={tmp_path / name}", CPU])
         train(config, progress=False, callbacks=[seen])
         return seen.norms
 
