@@ -47,15 +47,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 'lightning', lightning.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__)" 2>&1 | tee -a "$LOG"
 for p in $parts; do
     case $p in
-        preflight) rm -rf /tmp/preflight; part preflight 45 "$PYTHON" -m toytasks.cli train configs/grokking.yaml max_steps=20 task.p=17 \
+        preflight) rm -rf /tmp/preflight; part preflight 40 "$PYTHON" -m toytasks.cli train configs/grokking.yaml max_steps=20 task.p=17 \
                        checkpoints.every=10 out_dir=/tmp/preflight --no-progress ;;
         tests) part tests 100 "$PYTHON" -m pytest tests/test_cuda.py -q -s -p no:cacheprovider ;;
-        full) part full 160 "$PYTHON" scripts/bench.py --full --out "$OUT/full.json" ;;
+        full) part full 150 "$PYTHON" scripts/bench.py --full --out "$OUT/full.json" ;;
         paths) part paths 60 "$PYTHON" scripts/bench.py --full --full-steps 2000 --settings captured= \
                    eager=trainer.capture=off --out "$OUT/paths.json" ;;
-        seed) part seed 80 "$PYTHON" scripts/bench.py --steps 2000 --reps 2 --peer .gpu/seed_grokking_loop.py \
+        seed) part seed 100 "$PYTHON" scripts/bench.py --steps 2000 --reps 2 --peer .gpu/seed_grokking_loop.py \
                   --out "$OUT/seed.json" ;;
-        grid) part grid 100 "$PYTHON" scripts/bench_ensemble.py --grid --seeds 32 --steps 200 --reps 1 \
+        grid) part grid 95 "$PYTHON" scripts/bench_ensemble.py --grid --seeds 32 --steps 200 --reps 1 \
                   --out "$OUT/grid.json" ;;
         *) echo "unknown part $p (preflight tests full paths seed grid)"; exit 2 ;;
     esac
