@@ -9,6 +9,10 @@ A sweep file (YAML), e.g. configs/sweeps/grokking_weight_decay.yaml:
       optim.weight_decay: [0.3, 1, 3]  # product, in this order, the last key varying fastest
       seed: [0, 1, 2]
 
+A sweep may also name `arms`: alternatives that are not a product, each a mapping of dotted
+overrides (`orthograd: {optim.orthograd: true, optim.weight_decay: 0}`; `{}` for the base as it
+is). Every arm is crossed with the grid (the arm varying slowest); with arms the grid is optional.
+
 Every point is a fully resolved Config, and its run directory follows from it (`run_id`), so a
 re-run finds its runs: finished ones are skipped, interrupted ones resume from `last.ckpt`, new
 ones start. A point whose config has `seeds` is an ensemble, trained in one process.
@@ -36,7 +40,7 @@ from .measures import check_measures
 from .layout import RunPaths
 from .storage import prepare_run_dir, read_meta
 
-SWEEP_KEYS = ("base", "experiment", "overrides", "grid")
+SWEEP_KEYS = ("base", "experiment", "overrides", "arms", "grid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +103,17 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     for key, value in fixed.items():
         set_dotted(base, str(key), value, f"{path}: overrides.{key}")
     base = apply_overrides(base, overrides)
-    grid = _grid(path, spec.get("grid"))
+    arms = _arms(path, spec.get("arms"))
+    grid = _grid(path, spec.get("grid"), required=arms is None)
 
     points, seen = [], {}
-    for index, combination in enumerate(itertools.product(*grid.values())):
-        values = dict(zip(grid, combination))
+    combinations = itertools.product((arms or {None: {}}).items(), itertools.product(*grid.values()))
+    for index, ((arm, arm_overrides), combination) in enumerate(combinations):
+        values = {**({} if arm is None else {"arm": arm}), **dict(zip(grid, combination))}
         data = copy.deepcopy(base)
-        for key, value in values.items():
+        for key, value in arm_overrides.items():
+            set_dotted(data, key, value, f"{path}: arms.{arm}.{key}")
+        for key, value in zip(grid, combination):
             set_dotted(data, key, value, f"{path}: grid.{key}")
         try:
             config = config_from_dict(data)
@@ -132,7 +140,20 @@ def _base_data(path: Path, spec: dict) -> dict:
     return read_yaml(base_path)
 
 
-def _grid(path: Path, grid: Any) -> dict[str, list]:
+def _arms(path: Path, arms: Any) -> dict[str, dict] | None:
+    if arms is None:
+        return None
+    if not isinstance(arms, dict) or not arms:
+        raise ToytasksError(f"{path}: arms: expected a mapping of arm names to mappings of dotted overrides")
+    for name, arm in arms.items():
+        if not isinstance(arm, dict) and arm is not None:
+            raise ToytasksError(f"{path}: arms.{name}: expected a mapping of dotted keys to values, got {arm!r}")
+    return {str(name): {str(k): v for k, v in (arm or {}).items()} for name, arm in arms.items()}
+
+
+def _grid(path: Path, grid: Any, required: bool = True) -> dict[str, list]:
+    if grid is None and not required:
+        return {}
     if not isinstance(grid, dict) or not grid:
         raise ToytasksError(f"{path}: grid: is required, a mapping of dotted keys to lists of values")
     for key, values in grid.items():
