@@ -151,7 +151,7 @@ def median_reached(values: pd.Series) -> float:
 def settings(table: pd.DataFrame, swept: list[str]) -> tuple[pd.Series, list[str], dict[str, str]]:
     """Each run's setting as a short name: its swept values that differ from the config's defaults
     (`orthograd`, `loss=stablemax`, `grokfast.filter=ema`, then numbers: `weight_decay=0`,
-    `lr=0.005`), one per line, `defaults` when none does; the settings in plotting order (those
+    `lr=0.005`), one per line, `baseline` when none does; the settings in plotting order (those
     switching the same things on together, by their numbers); a colour for each of those groups."""
     from ..config import field_default
 
@@ -176,7 +176,7 @@ def settings(table: pd.DataFrame, swept: list[str]) -> tuple[pd.Series, list[str
     order = table.attrs.get("config_columns", list(table.columns))
     columns = sorted(swept, key=lambda c: (is_number(c), order.index(c) if c in order else len(order)))
     switches = [c for c in columns if not is_number(c)]
-    names = table.apply(lambda row: "\n".join(parts(row, columns)) or "defaults", axis=1)
+    names = table.apply(lambda row: "\n".join(parts(row, columns)) or "baseline", axis=1)
     groups = table.apply(lambda row: " ".join(parts(row, switches)), axis=1)
     numbers = [c for c in columns if is_number(c)]
     ranked = table.assign(_name=names, _group=groups).sort_values(["_group", *numbers], na_position="first")
