@@ -114,6 +114,13 @@ def test_arms_are_crossed_with_the_grid(tmp_path):
     only_arms = tmp_path / "arms_only.yaml"
     only_arms.write_text(path.read_text().replace("grid:\n  optim.lr: [0.001, 0.003]\n", ""))
     assert [p.values for p in load_sweep(only_arms).points] == [{"arm": a} for a in ("baseline", "orthograd", "ema")]
+    # The grid may place the arms (and choose some): here every arm at the first learning rate first.
+    placed = tmp_path / "placed.yaml"
+    placed.write_text(path.read_text().replace("  optim.lr: [0.001, 0.003]\n",
+                                               "  optim.lr: [0.001, 0.003]\n  arm: [ema, baseline]\n"))
+    assert [p.values for p in load_sweep(placed).points] == [{"optim.lr": lr, "arm": arm} for lr in (0.001, 0.003)
+                                                             for arm in ("ema", "baseline")]
+    assert load_sweep(placed).points[0].config.optim.grokfast.filter == "ema"
 
 
 @pytest.mark.slow  # about 30 s: four worker processes, each importing torch and Lightning
@@ -155,6 +162,8 @@ def test_parallel_sweep_runs_every_point_and_names_the_failed_one(tmp_path, caps
     ("base: {base}\narms: {{a: 3}}\n", [], "arms.a: expected a mapping of dotted keys to values, got 3"),
     ("base: {base}\narms: {{a: {{}}, b: {{loss: mse}}}}\n", [], "point 1 (arm=b): loss: must be one of softmax, stablemax"),
     ("base: {base}\narms: {{a: {{}}, b: {{}}}}\n", [], "points 0 and 1 are the same run"),
+    ("base: {base}\narms: {{a: {{}}}}\ngrid: {{arm: [a, c]}}\n", [], "grid.arm: 'c' is not one of the sweep's arms (a)"),
+    ("base: {base}\ngrid: {{arm: [a]}}\n", [], "grid.arm: 'a' is not one of the sweep's arms (it names none)"),
 ])
 def test_bad_sweep_files_are_one_line_errors(tmp_path, capsys, text, args, message):
     path = tmp_path / "bad.yaml"

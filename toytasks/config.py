@@ -328,6 +328,7 @@ COUNTED_WHEN_SET = ("loss", "loss_dtype", "model.init_scale", "optim.grokfast", 
                     "optim.fixed_weight_norm")
 
 
+@functools.cache
 def field_default(key: str) -> Any:
     """The default of a dotted Config field (`optim.orthograd` -> False, `optim.grokfast.alpha` ->
     0.98), as plain data; dataclasses.MISSING for a field without one (`task.p`, `optim.grokfast.lamb`)."""

@@ -11,7 +11,10 @@ A sweep file (YAML), e.g. configs/sweeps/grokking_weight_decay.yaml:
 
 A sweep may also name `arms`: alternatives that are not a product, each a mapping of dotted
 overrides (`orthograd: {optim.orthograd: true, optim.weight_decay: 0}`; `{}` for the base as it
-is). Every arm is crossed with the grid (the arm varying slowest); with arms the grid is optional.
+is). Every arm is crossed with the grid, the arm varying slowest unless the grid lists the arm
+names under the key `arm` where they should vary (`grid: {optim.lr: [...], arm: [a, b], seed: [...]}`
+trains every arm at the first learning rate first). An arm's overrides apply before the grid's
+values. With arms the grid is optional.
 
 Every point is a fully resolved Config, and its run directory follows from it (`run_id`), so a
 re-run finds its runs: finished ones are skipped, interrupted ones resume from `last.ckpt`, new
@@ -104,17 +107,17 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
         set_dotted(base, str(key), value, f"{path}: overrides.{key}")
     base = apply_overrides(base, overrides)
     arms = _arms(path, spec.get("arms"))
-    grid = _grid(path, spec.get("grid"), required=arms is None)
+    grid = _grid(path, spec.get("grid"), arms)
 
     points, seen = [], {}
-    combinations = itertools.product((arms or {None: {}}).items(), itertools.product(*grid.values()))
-    for index, ((arm, arm_overrides), combination) in enumerate(combinations):
-        values = {**({} if arm is None else {"arm": arm}), **dict(zip(grid, combination))}
+    for index, combination in enumerate(itertools.product(*grid.values())):
+        values = dict(zip(grid, combination))
         data = copy.deepcopy(base)
-        for key, value in arm_overrides.items():
-            set_dotted(data, key, value, f"{path}: arms.{arm}.{key}")
-        for key, value in zip(grid, combination):
-            set_dotted(data, key, value, f"{path}: grid.{key}")
+        for key, value in (arms or {}).get(values.get("arm"), {}).items():
+            set_dotted(data, key, value, f"{path}: arms.{values['arm']}.{key}")
+        for key, value in values.items():
+            if key != "arm":
+                set_dotted(data, key, value, f"{path}: grid.{key}")
         try:
             config = config_from_dict(data)
             check_measures(config)
@@ -151,15 +154,25 @@ def _arms(path: Path, arms: Any) -> dict[str, dict] | None:
     return {str(name): {str(k): v for k, v in (arm or {}).items()} for name, arm in arms.items()}
 
 
-def _grid(path: Path, grid: Any, required: bool = True) -> dict[str, list]:
-    if grid is None and not required:
-        return {}
-    if not isinstance(grid, dict) or not grid:
+def _grid(path: Path, grid: Any, arms: dict[str, dict] | None) -> dict[str, list]:
+    """The grid's keys and values, with `arm` (the arm names) where the arms vary: where the grid
+    lists them, else first."""
+    if grid is None and arms is not None:
+        grid = {}
+    elif not isinstance(grid, dict) or not grid:
         raise ToytasksError(f"{path}: grid: is required, a mapping of dotted keys to lists of values")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ToytasksError(f"{path}: grid.{key}: expected a non-empty list of values, got {values!r}")
-    return {str(key): values for key, values in grid.items()}
+    grid = {str(key): values for key, values in grid.items()}
+    if "arm" in grid:
+        unknown = [name for name in grid["arm"] if arms is None or name not in arms]
+        if unknown:
+            raise ToytasksError(f"{path}: grid.arm: {unknown[0]!r} is not one of the sweep's arms "
+                                f"({', '.join(arms or {}) or 'it names none'})")
+    elif arms is not None:
+        grid = {"arm": list(arms), **grid}
+    return grid
 
 
 # --- running ---------------------------------------------------------------------------------

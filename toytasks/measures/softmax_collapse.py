@@ -6,11 +6,12 @@ examples stop pushing, and without weight decay grokking stalls.
     train/softmax_collapse   that share, over the scored targets of the training split
 
 The probability is `torch.softmax` of the logits in float32 (exp(z - max) / sum), whatever the
-run's `loss_dtype`, on the whole stored training split (a sampled task: 512 examples drawn from
-its distribution with a generator of the measure's own). Prieto et al.'s logger counts the
-examples whose float32 sum of exp(z - max) is exactly 1, whichever class is largest; on an
-example whose correct class has the largest logit the two agree, and an example the model gets
-wrong still has a gradient, so it is not counted here.
+run's `loss_dtype`, on the stored training split (its first 8,192 examples when it has more: the
+whole split of every grokking config; a sampled task: 512 examples drawn from its distribution
+with a generator of the measure's own). Prieto et al.'s logger counts the examples whose float32
+sum of exp(z - max) is exactly 1, whichever class is largest; on an example whose correct class
+has the largest logit the two agree, and an example the model gets wrong still has a gradient,
+so it is not counted here.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..tasks import IGNORE, batch_from_split
 from . import Measure, register
 
 SAMPLED_EXAMPLES = 512
+MAX_EXAMPLES = 8192  # one forward pass over at most this many: the share, estimated, on larger splits
 SAMPLE_SEED = 2_000_003  # added to the run's seed: never the training or held-out stream
 
 
@@ -31,7 +33,8 @@ class SoftmaxCollapse(Measure):
     def __init__(self, options, config, dataset=None):
         super().__init__(options, config, dataset)
         if dataset is not None:
-            self.batch = batch_from_split(dataset["train"])
+            train = dataset["train"]
+            self.batch = batch_from_split(train.select(range(min(len(train), MAX_EXAMPLES))))
         else:
             self.batch = self.task.sample(SAMPLED_EXAMPLES, torch.Generator().manual_seed(config.seed + SAMPLE_SEED))
 
