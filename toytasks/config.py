@@ -68,8 +68,8 @@ class ModelConfig:
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
-        if not self.init_scale > 0:
-            raise ConfigError("init_scale", f"must be positive, got {self.init_scale}")
+        if not 0 < self.init_scale < float("inf"):
+            raise ConfigError("init_scale", f"must be positive and finite, got {self.init_scale}")
         _check_choice("init", self.init, ("hooked", "native"))
         _check_choice("act_fn", self.act_fn, ACTIVATIONS)
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
@@ -94,8 +94,8 @@ class GrokfastConfig:
 
     def __post_init__(self):
         _check_choice("filter", self.filter, ("ema", "ma"))
-        if self.lamb < 0:
-            raise ConfigError("lamb", f"must be non-negative, got {self.lamb}")
+        if not 0 <= self.lamb < float("inf"):
+            raise ConfigError("lamb", f"must be non-negative and finite, got {self.lamb}")
         if not 0 <= self.alpha < 1:
             raise ConfigError("alpha", f"must be in [0, 1), got {self.alpha}")
         if self.window < 1:
