@@ -8,7 +8,7 @@ LAYERS = [
     ["errors", "files", "schema", "layout"],
     ["tasks"],
     ["config"],
-    ["model", "data", "loss", "optim", "phases", "fourier", "metrics_table", "storage", "plots"],
+    ["model", "data", "loss", "optim", "interventions", "phases", "fourier", "metrics_table", "storage", "plots"],
     ["measures"],
     ["training"],
     ["analysis"],

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -22,6 +24,8 @@ from .tasks import Task, task_from_config
 
 NORMALIZATIONS = (None, "LN", "LNPre", "RMS", "RMSPre")
 ATTENTION = ("causal", "bidirectional")
+LOSSES = ("softmax", "stablemax")
+LOSS_DTYPES = ("float64", "float32")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "solu")
 
 
@@ -56,15 +60,46 @@ class ModelConfig:
     the same architecture and seed (the seed notebooks' models: every W_* from N(0, 0.8/sqrt(d_model))
     in its order); `native`, TransformerLens 4's `boot_native` (which also scales W_O and W_out by
     1/sqrt(2 n_layers)). Biases start at zero and LayerNorm weights at one with both."""
+    init_scale: float = 1.0
+    """Multiply every initial parameter by this factor, after `init` (Omnigrok, Liu et al. 2023:
+    a large initial weight norm makes a model grok late; a small one generalises early)."""
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.init_scale < float("inf"):
+            raise ConfigError("init_scale", f"must be positive and finite, got {self.init_scale}")
         _check_choice("init", self.init, ("hooked", "native"))
         _check_choice("act_fn", self.act_fn, ACTIVATIONS)
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
         _check_choice("attention", self.attention, ATTENTION)
+
+
+@dataclasses.dataclass(frozen=True)
+class GrokfastConfig:
+    """Grokfast (Lee et al. 2024): before each optimizer step, every gradient g becomes
+    g + lamb * (a low-pass filter of the gradients so far), as in its `gradfilter_ema` /
+    `gradfilter_ma` (toytasks/interventions/grokfast.py)."""
+
+    filter: str
+    """`ema`: an exponential moving average, started at the first gradient; `ma`: the mean of the
+    last `window` gradients, applied once `window` gradients have been seen."""
+    lamb: float
+    """The amplification (the paper's lambda; its values: 2.0 with ema, 5.0 with ma)."""
+    alpha: float = 0.98
+    """ema: the weight of the past, ema <- alpha * ema + (1 - alpha) * g."""
+    window: int = 100
+    """ma: how many of the latest gradients are averaged."""
+
+    def __post_init__(self):
+        _check_choice("filter", self.filter, ("ema", "ma"))
+        if not 0 <= self.lamb < float("inf"):
+            raise ConfigError("lamb", f"must be non-negative and finite, got {self.lamb}")
+        if not 0 <= self.alpha < 1:
+            raise ConfigError("alpha", f"must be in [0, 1), got {self.alpha}")
+        if self.window < 1:
+            raise ConfigError("window", f"must be at least 1, got {self.window}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +116,15 @@ class OptimConfig:
     """After the warmup: `constant`, or `cosine` decay to zero at max_steps."""
     grad_clip: Optional[float] = None
     """Clip the gradient norm to this value; null for no clipping."""
+    grokfast: Optional[GrokfastConfig] = None
+    """Amplify the slow part of the gradients: `{filter: ema, alpha: 0.98, lamb: 2.0}` or
+    `{filter: ma, window: 100, lamb: 5.0}` (Lee et al. 2024); null for off."""
+    orthograd: bool = False
+    """⊥Grad (Prieto et al. 2025): remove from each parameter's gradient its component along the
+    parameter, then rescale it to the gradient's norm (after Grokfast, before clipping)."""
+    fixed_weight_norm: bool = False
+    """After every optimizer step, rescale the trained weights to their initial total norm
+    (Omnigrok, Liu et al. 2023), each run of an ensemble to its own."""
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -190,6 +234,12 @@ class Config:
     on_nonfinite: str = "stop"
     """A NaN or infinite training loss: `stop` (exit 3, the last good checkpoint kept) or `skip`
     the step (costs a host sync per step)."""
+    loss: str = "softmax"
+    """The training loss: `softmax` cross-entropy, or `stablemax` cross-entropy (Prieto et al.
+    2025): s(x) = x + 1 for x >= 0 and 1 / (1 - x) below, probabilities s(x_i) / sum_j s(x_j)."""
+    loss_dtype: str = "float64"
+    """The precision of the loss's (stable)softmax: float64 as in the grokking seed, or float32 (where
+    a memorised example's loss rounds to exactly zero: softmax collapse, Prieto et al. 2025)."""
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -201,6 +251,8 @@ class Config:
             raise ConfigError("batch_size", f"must be at least 1 or null, got {self.batch_size}")
         _check_choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
         _check_choice("matmul_precision", self.matmul_precision, ("highest", "high", "medium"))
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("loss_dtype", self.loss_dtype, LOSS_DTYPES)
         late = [s for s in self.checkpoints.steps if s > self.max_steps]
         if late:
             raise ConfigError("checkpoints.steps", f"step {late[0]} is past max_steps={self.max_steps}")
@@ -257,12 +309,43 @@ class Config:
         trainer = {k: v for k, v in identity.pop("trainer").items() if k != "accelerator" and v != defaults[k]}
         if trainer:
             identity["trainer"] = trainer
+        for key in COUNTED_WHEN_SET:  # off by default: earlier runs keep their ids
+            *sections, name = key.split(".")
+            section = functools.reduce(dict.get, sections, identity)
+            if section[name] == field_default(key):
+                del section[name]
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         return f"{digest}-s{self.seed}"
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.experiment / self.run_id
+
+
+# Fields added after runs had been trained: a run's id counts them only when they are not at their
+# default, so a run trained before they existed keeps its id (and `--resume` finds it).
+COUNTED_WHEN_SET = ("loss", "loss_dtype", "model.init_scale", "optim.grokfast", "optim.orthograd",
+                    "optim.fixed_weight_norm")
+
+
+@functools.cache
+def field_default(key: str) -> Any:
+    """The default of a dotted Config field (`optim.orthograd` -> False, `optim.grokfast.alpha` ->
+    0.98), as plain data; dataclasses.MISSING for a field without one (`task.p`, `optim.grokfast.lamb`)."""
+    cls: Any = Config
+    *sections, name = key.split(".")
+    for section in sections:
+        hint = typing.get_type_hints(cls).get(section) if dataclasses.is_dataclass(cls) else None
+        cls = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # Optional[X] -> X
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    if name not in fields:
+        return dataclasses.MISSING
+    field = fields[name]
+    if field.default is not dataclasses.MISSING:
+        return to_plain(field.default)
+    if field.default_factory is not dataclasses.MISSING:
+        return to_plain(field.default_factory())
+    return dataclasses.MISSING
 
 
 def config_from_dict(data: Any) -> Config:

@@ -9,6 +9,13 @@ A sweep file (YAML), e.g. configs/sweeps/grokking_weight_decay.yaml:
       optim.weight_decay: [0.3, 1, 3]  # product, in this order, the last key varying fastest
       seed: [0, 1, 2]
 
+A sweep may also name `arms`: alternatives that are not a product, each a mapping of dotted
+overrides (`orthograd: {optim.orthograd: true, optim.weight_decay: 0}`; `{}` for the base as it
+is). Every arm is crossed with the grid, the arm varying slowest unless the grid lists the arm
+names under the key `arm` where they should vary (`grid: {optim.lr: [...], arm: [a, b], seed: [...]}`
+trains every arm at the first learning rate first). An arm's overrides apply before the grid's
+values. With arms the grid is optional.
+
 Every point is a fully resolved Config, and its run directory follows from it (`run_id`), so a
 re-run finds its runs: finished ones are skipped, interrupted ones resume from `last.ckpt`, new
 ones start. A point whose config has `seeds` is an ensemble, trained in one process.
@@ -36,7 +43,7 @@ from .measures import check_measures
 from .layout import RunPaths
 from .storage import prepare_run_dir, read_meta
 
-SWEEP_KEYS = ("base", "experiment", "overrides", "grid")
+SWEEP_KEYS = ("base", "experiment", "overrides", "arms", "grid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +106,18 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     for key, value in fixed.items():
         set_dotted(base, str(key), value, f"{path}: overrides.{key}")
     base = apply_overrides(base, overrides)
-    grid = _grid(path, spec.get("grid"))
+    arms = _arms(path, spec.get("arms"))
+    grid = _grid(path, spec.get("grid"), arms)
 
     points, seen = [], {}
     for index, combination in enumerate(itertools.product(*grid.values())):
         values = dict(zip(grid, combination))
         data = copy.deepcopy(base)
+        for key, value in (arms or {}).get(values.get("arm"), {}).items():
+            set_dotted(data, key, value, f"{path}: arms.{values['arm']}.{key}")
         for key, value in values.items():
-            set_dotted(data, key, value, f"{path}: grid.{key}")
+            if key != "arm":
+                set_dotted(data, key, value, f"{path}: grid.{key}")
         try:
             config = config_from_dict(data)
             check_measures(config)
@@ -132,13 +143,36 @@ def _base_data(path: Path, spec: dict) -> dict:
     return read_yaml(base_path)
 
 
-def _grid(path: Path, grid: Any) -> dict[str, list]:
-    if not isinstance(grid, dict) or not grid:
+def _arms(path: Path, arms: Any) -> dict[str, dict] | None:
+    if arms is None:
+        return None
+    if not isinstance(arms, dict) or not arms:
+        raise ToytasksError(f"{path}: arms: expected a mapping of arm names to mappings of dotted overrides")
+    for name, arm in arms.items():
+        if not isinstance(arm, dict) and arm is not None:
+            raise ToytasksError(f"{path}: arms.{name}: expected a mapping of dotted keys to values, got {arm!r}")
+    return {str(name): {str(k): v for k, v in (arm or {}).items()} for name, arm in arms.items()}
+
+
+def _grid(path: Path, grid: Any, arms: dict[str, dict] | None) -> dict[str, list]:
+    """The grid's keys and values, with `arm` (the arm names) where the arms vary: where the grid
+    lists them, else first."""
+    if grid is None and arms is not None:
+        grid = {}
+    elif not isinstance(grid, dict) or not grid:
         raise ToytasksError(f"{path}: grid: is required, a mapping of dotted keys to lists of values")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ToytasksError(f"{path}: grid.{key}: expected a non-empty list of values, got {values!r}")
-    return {str(key): values for key, values in grid.items()}
+    grid = {str(key): values for key, values in grid.items()}
+    if "arm" in grid:
+        unknown = [name for name in grid["arm"] if arms is None or name not in arms]
+        if unknown:
+            raise ToytasksError(f"{path}: grid.arm: {unknown[0]!r} is not one of the sweep's arms "
+                                f"({', '.join(arms or {}) or 'it names none'})")
+    elif arms is not None:
+        grid = {"arm": list(arms), **grid}
+    return grid
 
 
 # --- running ---------------------------------------------------------------------------------
