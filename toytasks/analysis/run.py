@@ -156,19 +156,22 @@ class Run:
         path = self.paths.metrics
         return pd.read_csv(path) if path.exists() else pd.DataFrame({"step": pd.Series([], dtype=int)})
 
-    def measure_options(self, name: str):
-        """A measure's options for this run: as configured, or its defaults."""
+    def measure_options(self, name: str, options: dict | None = None):
+        """A measure's options for this run: as configured (or its defaults), with `options` over them."""
         from ..measures import measure_options
 
-        return measure_options(name, self.config.measures.get(name), self.task, self.config.model)
+        return measure_options(name, {**(self.config.measures.get(name) or {}), **(options or {})},
+                               self.task, self.config.model)
 
-    def measure(self, name: str):
-        """A progress measure built for this run (its configured options, or the defaults):
-        `measure(model)` gives its values at one checkpoint, e.g. `run.map(run.measure("heads"), "heads")`."""
+    def measure(self, name: str, options: dict | None = None):
+        """A progress measure built for this run (its configured options, or the defaults, with
+        `options` over them): `measure(model)` gives its values at one checkpoint, e.g.
+        `run.map(run.measure("heads"), "heads")`."""
         from ..measures import MEASURES
 
-        options = self.measure_options(name)
-        return MEASURES[name](options, self.config, self.dataset)
+        measure = MEASURES[name](self.measure_options(name, options), self.config, self.dataset)
+        measure.paths = self.paths  # where it may keep files of its own
+        return measure
 
 
 def load_run(path: str | Path) -> Run:
