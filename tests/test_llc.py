@@ -1,4 +1,5 @@
-"""The local learning coefficient (toytasks/measures/llc.py, devinterp's estimator)."""
+"""The local learning coefficient (toytasks/measures/llc.py, devinterp's estimator) and essential
+dynamics (toytasks/analysis/essential_dynamics.py)."""
 import json
 import random
 import shutil
@@ -11,6 +12,7 @@ import torch
 
 from conftest import CONFIGS
 from toytasks import load_run
+from toytasks.analysis.essential_dynamics import fixed_batch, plot_trajectory, turning_angles
 from toytasks.analysis.figures import plot_run
 from toytasks.analysis.offline import measure_run
 from toytasks.cli import main
@@ -18,6 +20,7 @@ from toytasks.config import load_config
 from toytasks.errors import ToytasksError
 from toytasks.measures import llc as llc_module
 from toytasks.measures.llc import LLCOptions, estimate_llc
+from toytasks.tasks import IGNORE
 from toytasks.training import train
 
 pytest.importorskip("devinterp")
@@ -168,3 +171,35 @@ def test_measure_command_takes_the_measures_options(grokking_run, capsys):
     assert main(["measure", path, "num_draws=5"]) == 2
     assert main(["measure", path, "llc.num_draws=5"]) == 2  # without --with llc
     assert "add --with llc" in capsys.readouterr().err
+
+
+# --- essential dynamics ------------------------------------------------------------------------------
+
+def test_essential_dynamics_keeps_the_distances_between_checkpoints(grokking_run):
+    """With as many components as checkpoints, the PC coordinates are the centred outputs in an
+    orthonormal basis: the distance between two checkpoints is that between their logits."""
+    run = grokking_run
+    frame = run.essential_dynamics(n_components=len(run.steps), n_examples=50)
+    assert list(frame.columns) == ["step", *(f"PC{i + 1}" for i in range(len(run.steps)))]
+    assert frame["step"].tolist() == run.steps
+    variance = frame.attrs["explained_variance"]
+    assert variance == sorted(variance, reverse=True) and sum(variance) == pytest.approx(1.0)
+    points = frame.filter(like="PC").to_numpy()
+    assert points.mean(axis=0) == pytest.approx(0.0, abs=1e-9)
+
+    batch = fixed_batch(run, 50, seed=0)
+    assert len(batch["tokens"]) == 50 and (batch["targets"][:, -1] != IGNORE).all()
+    with torch.no_grad():
+        logits = torch.stack([run.model_at(s).original_model(batch["tokens"])[:, -1].flatten().double() for s in run.steps])
+    distances = torch.cdist(logits, logits).numpy()
+    assert np.linalg.norm(points[:, None] - points[None], axis=-1) == pytest.approx(distances, rel=1e-6, abs=1e-6)
+
+    three = run.essential_dynamics(n_components=3, n_examples=50)
+    assert three.filter(like="PC").to_numpy() == pytest.approx(points[:, :3])
+    assert plot_trajectory(three, {"memorisation_end": 12}).axes
+
+
+def test_turning_angles():
+    square = pd.DataFrame({"step": range(5), "PC1": [0, 1, 1, 0, 0], "PC2": [0, 0, 1, 1, 2]})
+    assert turning_angles(square).tolist()[1:-1] == pytest.approx([90, 90, 90])
+    assert np.isnan(turning_angles(square).iloc[0])
