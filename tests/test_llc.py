@@ -1,5 +1,6 @@
 """The local learning coefficient (toytasks/measures/llc.py, devinterp's estimator) and essential
 dynamics (toytasks/analysis/essential_dynamics.py)."""
+import dataclasses
 import json
 import random
 import shutil
@@ -65,6 +66,21 @@ def test_llc_of_a_quadratic_minimum_is_half_its_rank(flat):
     standard_error = result["std"] / (options.num_chains - 1) ** 0.5
     assert abs(result["mean"] - expected) < 4 * standard_error + 0.01 * expected
     assert result["mean"] == pytest.approx((d - flat) / 2, rel=0.1)
+
+
+def test_same_seed_same_estimate_also_with_gradients_turned_off():
+    """The notebooks turn gradients off globally; SGLD needs them, and the seed fixes the numbers."""
+    def loss(model, batch):
+        return 0.5 * (model.w.double() ** 2).sum() + 0.0 * batch["tokens"].sum()
+
+    data, options = {"tokens": torch.zeros(8, 2, dtype=torch.long)}, LLCOptions(lr=1e-2, n_beta=10.0, num_chains=2,
+                                                                                    num_draws=20, batch_size=8)
+    first = estimate_llc(Quadratic(10), loss, data, options)
+    with torch.no_grad():
+        again = estimate_llc(Quadratic(10), loss, data, options)
+    assert first["mean"] > 0 and np.array_equal(first["trace"], again["trace"])
+    other = estimate_llc(Quadratic(10), loss, data, dataclasses.replace(options, seed=1))
+    assert not np.array_equal(first["trace"], other["trace"])
 
 
 @pytest.fixture

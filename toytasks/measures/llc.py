@@ -56,16 +56,17 @@ SETTINGS_FILE, TRACES_FILE = "settings.json", "traces.csv"  # in RUN_DIR/llc/
 
 @dataclasses.dataclass(frozen=True)
 class LLCOptions(MeasureOptions):
-    lr: float = 1e-4
-    """SGLD step size (devinterp's `lr`, epsilon)."""
+    lr: float = 1e-3
+    """SGLD step size (devinterp's `lr`, epsilon). On grokking_cpu 3e-3 diverges and 3e-4 has not
+    settled in 150 steps (README, "Developmental analysis")."""
     n_beta: float = 30.0
     """Inverse temperature n*beta (devinterp's `n_beta`)."""
     localization: float = 100.0
     """Strength gamma of the pull back towards the checkpoint's weights."""
     num_chains: int = 4
     """Independent SGLD chains per checkpoint (their spread is llc/std)."""
-    num_draws: int = 200
-    """SGLD steps per chain; every one counts in the estimate."""
+    num_draws: int = 100
+    """SGLD steps per chain; every one counts in the estimate (the first ~20 are the chain settling)."""
     batch_size: int = 64
     """Training examples per SGLD step."""
     seed: int = 0
@@ -227,7 +228,9 @@ def estimate_llc(model: torch.nn.Module, loss: Callable, data: dict[str, torch.T
 
     reference = _Sampled(model)  # a wrapper without `cfg`, so devinterp moves it as a plain module
     trainable = {name: None for name, p in reference.named_parameters() if p.requires_grad}
-    with tempfile.TemporaryDirectory(prefix="toytasks-llc-") as tmp, _quiet(), _global_rng_kept(device):
+    # enable_grad: SGLD needs gradients, also where the caller turned them off (the notebooks do)
+    with tempfile.TemporaryDirectory(prefix="toytasks-llc-") as tmp, _quiet(), _global_rng_kept(device), \
+            torch.enable_grad():
         result = llc(
             model=reference, dataset=dataset, observables={}, loss_fn=per_token_loss, param_masks=trainable,
             lr=options.lr, n_beta=options.n_beta, localization=options.localization,
