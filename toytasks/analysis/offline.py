@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 from ..errors import ToytasksError
 from ..measures import MEASURES, applicable
 from ..metrics_table import MetricsTable
-from ..storage import write_json
+from ..storage import read_meta, write_json
 
 
 def measure_run(run, progress: bool = True, extra: Sequence[str] = (), options: Mapping[str, dict] | None = None,
@@ -21,6 +21,9 @@ def measure_run(run, progress: bool = True, extra: Sequence[str] = (), options: 
     """Recompute every measure that applies to the run and the optional ones named in `extra` (or
     just those named in `only`), with `options[name]` over a measure's configured options; returns
     the metric names written."""
+    if not read_meta(run.path).get("finished"):  # a live trainer would overwrite what this writes
+        raise ToytasksError(f"{run.path}: the run has not finished (it is training, or was interrupted); "
+                            "finish it (`toytasks train RUN_DIR/config.yaml --resume`) before measuring it")
     steps = run.steps
     if not steps:
         raise ToytasksError(f"{run.path}: the checkpoint series is empty")

@@ -323,7 +323,7 @@ def read_traces(paths):
 
 def llc_over_training(run, ax=None):
     """The LLC (mean over chains, with +-1 std between chains) against the step, the train and test
-    loss on a log axis behind it, and the grokking phases of phases.json (when there are any)."""
+    loss on a log axis behind it, and the grokking phases (when there are any)."""
     from ..plots import phase_lines, plt
 
     metrics = run.metrics
@@ -349,12 +349,12 @@ def llc_over_training(run, ax=None):
 
 
 def run_phases(run) -> dict:
-    """The steps to mark: the grokking phases (phases.json) when the run has them, else when it
-    memorised and generalised."""
-    from ..phases import milestones
+    """The steps to mark: the grokking phases (toytasks.phases, as phases.json holds them) when the
+    run has them, else when it memorised and generalised."""
+    from ..phases import estimate_phases, milestones
 
-    path = run.paths.summary("phases.json")
-    return json.loads(path.read_text()) if path.exists() else milestones(run.metrics)
+    phases = estimate_phases(run.metrics)
+    return phases if any(step is not None for step in phases.values()) else milestones(run.metrics)
 
 
 def llc_traces(traces):
