@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import NonFiniteLoss, ToytasksError
 
@@ -21,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
 
     measure = commands.add_parser("measure", help="recompute the progress measures over a saved series")
     measure.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    measure.add_argument("--with", dest="extra", action="append", default=[], metavar="MEASURE",
+                         help="also an optional (expensive) measure, e.g. the local learning coefficient "
+                              "(`--with llc`); its options follow the run directories as MEASURE.OPTION=value")
+    measure.add_argument("--only", action="append", default=[], metavar="MEASURE",
+                         help="compute only this measure (repeatable), e.g. `--only llc`")
     measure.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sweep = commands.add_parser("sweep", help="train every point of a sweep file, skipping finished ones")
@@ -39,11 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     # Options may follow the overrides (`toytasks train c.yaml lr=1 --resume`): argparse leaves
     # the overrides after an option unparsed, so collect them here.
     args, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if a.startswith("-") or "=" not in a or args.command not in ("train", "sweep")]
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or args.command == "plot"]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command in ("train", "sweep"):
         args.overrides += extra
+    if args.command == "measure":  # `toytasks measure RUN --with llc llc.num_draws=400`: options
+        options = [a for a in args.run_dirs if "=" in a and not Path(a).exists()]
+        args.run_dirs, args.overrides = [a for a in args.run_dirs if a not in options], options + extra
     if args.command == "sweep" and args.jobs != 1 and (args.list or args.index is not None):
         parser.error("-j runs the whole sweep; it does not go with --list or --index")
     try:
@@ -96,17 +105,22 @@ def _sweep(args) -> int:
 def _measure(args) -> int:
     from .analysis.offline import measure_run
     from .analysis.run import load_run
+    from .config import apply_overrides
 
+    for item in args.overrides:
+        if "." not in item.partition("=")[0]:
+            raise ToytasksError(f"{item!r}: a measure's option is MEASURE.OPTION=value, e.g. llc.num_draws=400")
+    options = apply_overrides({}, args.overrides)
+    if not args.run_dirs:
+        raise ToytasksError("no run directory given")
     for run_dir in args.run_dirs:
         run = load_run(run_dir)
-        names = measure_run(run, progress=not args.no_progress)
+        names = measure_run(run, progress=not args.no_progress, extra=args.extra, options=options, only=args.only)
         print(f"wrote {len(names)} measures into {run.paths.metrics}")
     return 0
 
 
 def _plot(args) -> int:
-    from pathlib import Path
-
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window (notebooks keep their inline backend)

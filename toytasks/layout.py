@@ -11,6 +11,7 @@
       plots/           PNGs written by `toytasks plot`
       analysis/        run.map's cache: <name>.csv
       <summary>.json   a measure's end-of-run summary (phases.json, heads.json)
+      <measure>/       a measure's own files, e.g. llc/ (its settings and per-chain traces)
       .lock            held by the process writing the run
 
 Everything else reaches these paths through `RunPaths(run_dir)`.
@@ -54,6 +55,10 @@ class RunPaths:
 
     def summary(self, name: str) -> Path:
         """A measure's end-of-run summary file, e.g. `phases.json`."""
+        return self.root / name
+
+    def measure_dir(self, name: str) -> Path:
+        """A measure's own files (not created here)."""
         return self.root / name
 
     def is_run(self) -> bool:

@@ -1,7 +1,8 @@
 """The figures `toytasks plot` writes.
 
 For a run (`toytasks plot RUN_DIR`): the loss and accuracy curves, then each applicable measure's
-own figures (toytasks/measures/), into RUN_DIR/plots/.
+own figures (toytasks/measures/), and those of the optional measures it has values of, into
+RUN_DIR/plots/.
 
 For a directory of runs, e.g. a sweep's (`toytasks plot SWEEP_DIR`): each run's headline number
 (its task's `headline`: the grokking step, the final induction score, ...) against the swept
@@ -34,7 +35,11 @@ def plot_run(run) -> list[Path]:
     if metrics.empty:
         raise ToytasksError(f"{run.path}: nothing to plot yet (no metrics logged)")
     figures = {"loss.png": loss_curves(metrics, milestones(metrics))}
-    for name in applicable(run.config):
+    names = applicable(run.config)
+    # and the optional measures computed for it (`toytasks measure RUN_DIR --with ...`)
+    names += [name for name in applicable(run.config, include_optional=True) if name not in names
+              and any(column.startswith(MEASURES[name].prefixes) for column in metrics.columns)]
+    for name in names:
         figures.update(MEASURES[name].figures(run))
     return [save_figure(figure, out / file) for file, figure in figures.items()]
 

@@ -11,6 +11,7 @@
     run.map(fn, name) fn(model) at every checkpoint as a DataFrame, cached in the run directory
     run.metrics       a pandas DataFrame: a `step` column and one column per metric
     run.measure(name) a progress measure (toytasks/measures/) built for this run: `run.map(run.measure("heads"), "heads")`
+    run.essential_dynamics()  the outputs' principal components over training (analysis/essential_dynamics.py)
     run.paths         where its files are (toytasks/layout.py)
 """
 from __future__ import annotations
@@ -162,19 +163,31 @@ class Run:
         path = self.paths.metrics
         return pd.read_csv(path) if path.exists() else pd.DataFrame({"step": pd.Series([], dtype=int)})
 
-    def measure_options(self, name: str):
-        """A measure's options for this run: as configured, or its defaults."""
+    def measure_options(self, name: str, options: dict | None = None):
+        """A measure's options for this run: as configured (or its defaults), with `options` over them."""
         from ..measures import measure_options
 
-        return measure_options(name, self.config.measures.get(name), self.task, self.config.model)
+        return measure_options(name, {**(self.config.measures.get(name) or {}), **(options or {})},
+                               self.task, self.config.model)
 
-    def measure(self, name: str):
-        """A progress measure built for this run (its configured options, or the defaults):
-        `measure(model)` gives its values at one checkpoint, e.g. `run.map(run.measure("heads"), "heads")`."""
+    def measure(self, name: str, options: dict | None = None):
+        """A progress measure built for this run (its configured options, or the defaults, with
+        `options` over them): `measure(model)` gives its values at one checkpoint, e.g.
+        `run.map(run.measure("heads"), "heads")`."""
         from ..measures import MEASURES
 
-        options = self.measure_options(name)
-        return MEASURES[name](options, self.config, self.dataset)
+        measure = MEASURES[name](self.measure_options(name, options), self.config, self.dataset)
+        measure.paths = self.paths  # where it may keep files of its own
+        return measure
+
+    def essential_dynamics(self, n_components: int = 3, n_examples: int = 1024, every: int | None = None,
+                           steps=None, seed: int = 0):
+        """The model's outputs on a fixed batch at each checkpoint, projected on their principal
+        components over training (Hoogland et al. 2024): a DataFrame (step, PC1, PC2, ...), its
+        explained variance in `.attrs`. Draw it with `toytasks.analysis.essential_dynamics.plot_trajectory`."""
+        from .essential_dynamics import essential_dynamics
+
+        return essential_dynamics(self, n_components, n_examples, self.select_steps(every, steps), seed)
 
 
 def load_run(path: str | Path) -> Run:
