@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ToytasksError
+from ..files import make_dir, write_atomically
 from ..layout import RunPaths
 from ..measures import MEASURES, applicable
 from ..phases import milestones
@@ -24,11 +25,10 @@ from ..plots import phase_lines, plt, save_figure
 
 def plot_run(run) -> list[Path]:
     """Every figure of a run, written into its plots/ directory; returns their paths."""
-    out = run.paths.plots
-    out.mkdir(exist_ok=True)
     metrics = run.metrics
-    if metrics.empty:
-        raise ToytasksError(f"{run.path}: nothing to plot yet (no metrics logged)")
+    if metrics.empty or not run.steps:
+        raise ToytasksError(f"{run.path}: nothing to plot yet (no metrics logged, or no checkpoint saved)")
+    out = make_dir(run.paths.plots)
     figures = {"loss.png": loss_curves(metrics, milestones(metrics))}
     for name in applicable(run.config):
         figures.update(MEASURES[name].figures(run))
@@ -65,10 +65,11 @@ def run_table(directory) -> pd.DataFrame:
     from .run_set import load_runs
 
     runs = load_runs(directory)
-    summary = runs.summary
+    summary = runs.summary  # broken runs left out, with a warning
+    by_path = {str(run.path): run for run in runs}
     labels, headline = set(), []
-    for run, (_, row) in zip(runs, summary.iterrows()):
-        label, column = run.task.headline
+    for _, row in summary.iterrows():
+        label, column = by_path[row["run"]].task.headline
         labels.add(label)
         headline.append(row.get(column))
     table = summary.assign(headline=pd.to_numeric(pd.Series(headline, index=summary.index), errors="coerce"))
@@ -130,10 +131,10 @@ def plot_sweep_dir(directory: str | Path) -> list[Path]:
     """Write SWEEP_DIR/plots/sweep.png and sweep.csv; returns their paths."""
     directory = Path(directory)
     table = run_table(directory)
-    out = RunPaths(directory).plots  # a sweep directory keeps its figures where a run does
-    out.mkdir(exist_ok=True)
+    out = make_dir(RunPaths(directory).plots)  # a sweep directory keeps its figures where a run does
     csv = out / "sweep.csv"
-    table[["run", *swept_columns(table), "seed", "finished", "headline"]].to_csv(csv, index=False)
+    columns = ["run", *swept_columns(table), "seed", "finished", "headline"]
+    write_atomically(csv, lambda tmp: table[columns].to_csv(tmp, index=False))
     finished = table[table["finished"]]
     if finished.empty:
         raise ToytasksError(f"{directory}: none of its {len(table)} runs has finished yet")

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..errors import ToytasksError
+from ..files import remove_temporaries
 from ..measures import MEASURES, applicable
 from ..metrics_table import MetricsTable
-from ..storage import write_json
+from ..storage import RunLock, check_directories, write_json
 
 
 def measure_run(run, progress: bool = True, extra: Sequence[str] = ()) -> list[str]:
@@ -23,6 +24,13 @@ def measure_run(run, progress: bool = True, extra: Sequence[str] = ()) -> list[s
     names = [*applicable(run.config), *(name for name in extra if name not in run.config.measures)]
     if not names:
         raise ToytasksError(f"{run.path}: no progress measures apply to task {run.task.name}")
+    with RunLock(run.path, purpose="toytasks measure"):  # training writes these files too
+        check_directories(run.paths)
+        remove_temporaries(run.path)
+        return _measure(run, names, steps, progress)
+
+
+def _measure(run, names: list[str], steps: list[int], progress: bool) -> list[str]:
     table = MetricsTable(run.paths.metrics)
     measures = [run.measure(name) for name in names]
     for measure in measures:
