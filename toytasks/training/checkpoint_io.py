@@ -14,6 +14,7 @@ new file is written whole as `last.ckpt.next`, and only when all are written are
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -69,7 +70,25 @@ def settle_resumable(run_dirs: list[Path]) -> None:
 
 def _save(part: dict, tmp: Path) -> None:
     with open(tmp, "wb") as f:  # through a Python file: a full disk is an OSError, not torch's RuntimeError
-        torch.save(part, f)
+        torch.save(_interned(part), f)
+
+
+def _interned(obj):
+    """`obj` with every string interned. Pickle writes a string once per object, so a resumed run
+    (whose optimizer state has the strings unpickled from its checkpoint) would write the same
+    checkpoint in other bytes than an uninterrupted one; with one object per string they agree."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        copy = obj.copy()  # the same mapping type
+        copy.clear()
+        copy.update((_interned(k), _interned(v)) for k, v in obj.items())
+        return copy
+    if isinstance(obj, list):
+        return [_interned(v) for v in obj]
+    if type(obj) is tuple:
+        return tuple(_interned(v) for v in obj)
+    return obj
 
 
 def _replace(source: Path, target: Path) -> None:
