@@ -31,11 +31,12 @@ from .errors import ConfigError
 
 def check_fits(config: Config) -> None:
     """A one-line ConfigError naming the field when the run needs more memory or disk than there is."""
-    for kind, need, have in (("memory", _memory, available_memory(config)), ("disk", _disk, free_disk(config))):
-        if have is None or need(config) <= have:
+    for kind, need, available in (("memory", _memory, available_memory), ("disk", _disk, free_disk)):
+        needed, have = need(config), available(config)
+        if have is None or needed <= have:
             continue
-        field, value = culprit(config, need)
-        raise ConfigError(field, f"{value} makes the run need at least {human(need(config))} of {kind}, "
+        field, value = culprit(config, need, have)
+        raise ConfigError(field, f"{value} makes the run need at least {human(needed)} of {kind}, "
                                  f"more than the {human(have)} this machine has free; make it smaller")
 
 
@@ -83,27 +84,37 @@ def _disk(config: Config) -> int:
     return runs * 4 * n_parameters(config) * (_n_series(config) + 3)
 
 
-def culprit(config: Config, need) -> tuple[str, object]:
-    """The field (dotted) whose halving shrinks `need(config)` the most, and its value."""
-    best, base, saved = ("max_steps", config.max_steps), need(config), 0
+def culprit(config: Config, need, have: int) -> tuple[str, object]:
+    """The field to blame, with its value: of those that alone can bring `need(config)` under
+    `have` by halving it, the one that needs the fewest halvings (ties: the biggest first gain);
+    when none can alone, the one whose halving shrinks it most."""
+    base, ranked = need(config), []
     for field_and_value, halved in _halvings(config):
+        smaller, count, first_gain = config, 0, None
         try:
-            gain = base - need(halved())
+            while count < 64:
+                smaller, count = halved(smaller), count + 1
+                needed = need(smaller)
+                first_gain = base - needed if first_gain is None else first_gain
+                if needed <= have:
+                    break
         except (ConfigError, ValueError, ZeroDivisionError):
-            continue  # halving it makes an invalid config: it is not the one to change
-        if gain > saved:
-            best, saved = field_and_value, gain
-    return best
+            pass  # halving it further makes an invalid config
+        if first_gain:
+            fixes = need(smaller) <= have
+            ranked.append(((0 if fixes else 1, count if fixes else 0, -first_gain), field_and_value))
+    return min(ranked)[1] if ranked else ("max_steps", config.max_steps)
 
 
 def _halvings(config: Config):
-    """(field and value, a function giving the config with that field halved)."""
+    """(field and value, a function halving that field of a config), for the fields that size a run."""
     def halve(section, name):
-        value = getattr(getattr(config, section) if section else config, name)
-        if section:
-            return lambda: dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section),
-                                                                                     **{name: value // 2})})
-        return lambda: dataclasses.replace(config, **{name: value // 2})
+        def halved(c: Config) -> Config:
+            if section is None:
+                return dataclasses.replace(c, **{name: getattr(c, name) // 2})
+            part = getattr(c, section)
+            return dataclasses.replace(c, **{section: dataclasses.replace(part, **{name: getattr(part, name) // 2})})
+        return halved
 
     for f in dataclasses.fields(config.task):
         value = getattr(config.task, f.name)
@@ -115,7 +126,7 @@ def _halvings(config: Config):
     if config.batch_size:
         yield ("batch_size", config.batch_size), halve(None, "batch_size")
     if config.seeds and len(config.seeds) > 1:
-        yield ("seeds", f"{len(config.seeds)} seeds"), lambda: dataclasses.replace(config, seeds=config.seeds[:len(config.seeds) // 2])
+        yield ("seeds", f"{len(config.seeds)} seeds"), lambda c: dataclasses.replace(c, seeds=c.seeds[:len(c.seeds) // 2])
 
 
 def available_memory(config: Config) -> int | None:
