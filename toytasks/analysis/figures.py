@@ -104,7 +104,8 @@ def plot_sweep(table: pd.DataFrame, label: str = "headline"):
         stats = group.groupby("_x")["headline"].agg(["mean", "min", "max"]).dropna()
         errors = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
         drawn = ax.errorbar(stats.index, stats["mean"], yerr=errors, marker="o", capsize=4, label=line_label or None)
-        ax.scatter(group["_x"], group["headline"], color=drawn[0].get_color(), alpha=0.4, s=18)
+        reached = group[group["headline"].notna()]  # matplotlib cannot draw a NaN at a categorical x
+        ax.scatter(reached["_x"], reached["headline"], color=drawn[0].get_color(), alpha=0.4, s=18)
         never = group[group["headline"].isna()]  # e.g. never grokked: an x at the top of the plot
         ax.scatter(never["_x"], [1.0] * len(never), transform=ax.get_xaxis_transform(), marker="x", s=40,
                    clip_on=False, color=drawn[0].get_color())
