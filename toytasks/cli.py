@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "plot":
                 return _plot(args)
         except interrupts.Interrupted as stop:
-            _error(f"{stop}{_how_to_go_on(args) if stop.resumable else ''}")
+            _error(stop, _how_to_go_on(args) if stop.resumable else "")
             return stop.exit_code
         except NonFiniteLoss as error:
             _error(error)
@@ -87,16 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _error(message) -> None:
-    print(f"error: {one_line(str(message))}", file=sys.stderr)
+def _error(message, hint: str = "") -> None:
+    """One line: the message (cut short if it is long: it may quote a huge value), then the hint whole."""
+    print(f"error: {one_line(str(message))}{hint}", file=sys.stderr)
 
 
 def _how_to_go_on(args) -> str:
     """The command that goes on from where an interrupted command stopped."""
+    quiet = ["--no-progress"] if getattr(args, "no_progress", False) else []  # as it was asked
     if args.command == "train":
-        return "; resume with: " + shlex.join(["toytasks", "train", args.config, *args.overrides, "--resume"])
+        return "; resume with: " + shlex.join(["toytasks", "train", args.config, *args.overrides, *quiet, "--resume"])
     if args.command == "resume":
-        return "; resume with: " + shlex.join(["toytasks", "resume", *args.run_dirs])
+        return "; resume with: " + shlex.join(["toytasks", "resume", *args.run_dirs, *quiet])
     return ""  # a sweep's message says it; measure and plot have nothing to resume
 
 

@@ -200,7 +200,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -
         if statuses[point.index] == "finished":
             say(f"[{point.index + 1}/{total}] finished, skipped  {point.run_dirs[0]}  {point.label}")
 
-    lock, failed, interrupted, workers = threading.Lock(), [], [], {}
+    lock, trained, failed, interrupted, workers = threading.Lock(), [], [], [], {}
     env = worker_env(jobs)
 
     def run(point: Point) -> None:
@@ -223,6 +223,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -
         seconds = time.time() - started
         with lock:
             if code == 0:
+                trained.append(point)
                 say(f"[{point.index + 1}/{total}] done in {seconds:.0f} s  {point.run_dirs[0]}")
             elif code - 128 in (signal.SIGINT, signal.SIGTERM) or -code in (signal.SIGINT, signal.SIGTERM):
                 interrupted.append(point)
@@ -247,18 +248,19 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -
         for worker in running:
             worker.send_signal(signal.SIGTERM)
         pool.shutdown(wait=True)
-        _summary(sweep, todo, failed, interrupted, say)
+        _summary(sweep, todo, trained, failed, interrupted, say)
         n = len(interrupted)
         raise Interrupted(stop.signum, f"sweep {sweep.name} interrupted by {signal_name(stop.signum)}: "
                                        f"{n} point{'s' if n != 1 else ''} stopped with a resumable checkpoint; "
                                        "running the same command again resumes them") from None
     pool.shutdown()
-    _summary(sweep, todo, failed, interrupted, say)
+    _summary(sweep, todo, trained, failed, interrupted, say)
     return sorted(failed + interrupted, key=lambda p: p.index)
 
 
-def _summary(sweep: Sweep, todo: list[Point], failed: list[Point], interrupted: list[Point], say) -> None:
-    total, done = len(sweep.points), len(todo) - len(failed) - len(interrupted)
+def _summary(sweep: Sweep, todo: list[Point], trained: list[Point], failed: list[Point], interrupted: list[Point],
+             say) -> None:
+    total, done = len(sweep.points), len(trained)
     listed = lambda points: "".join(f"{'; ' if i else ': '}point {p.index} ({p.label})"
                                     for i, p in enumerate(sorted(points, key=lambda p: p.index)))
     line = (f"sweep {sweep.name}: {total} points, {total - len(todo)} already finished, {done} trained now, "

@@ -12,7 +12,7 @@ from ..errors import ToytasksError
 from ..files import remove_temporaries
 from ..measures import MEASURES, applicable
 from ..metrics_table import MetricsTable
-from ..storage import RunLock, check_directories, write_json
+from ..storage import RunLock, write_json
 
 
 def measure_run(run, progress: bool = True, extra: Sequence[str] = ()) -> list[str]:
@@ -25,7 +25,6 @@ def measure_run(run, progress: bool = True, extra: Sequence[str] = ()) -> list[s
     if not names:
         raise ToytasksError(f"{run.path}: no progress measures apply to task {run.task.name}")
     with RunLock(run.path, purpose="toytasks measure"):  # training writes these files too
-        check_directories(run.paths)
         remove_temporaries(run.path)
         return _measure(run, names, steps, progress)
 
