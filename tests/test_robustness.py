@@ -258,6 +258,8 @@ def test_overwrite_refuses_a_run_that_is_in_use(tmp_path, capsys):
     with RunLock(run_dir):  # a live trainer
         assert main(["train", *CLI, "max_steps=10", f"out_dir={tmp_path}", "--overwrite", "--no-progress"]) == 2
         _one_line_error(capsys, "is in use by another process")
+        assert main(["measure", str(run_dir), "--no-progress"]) == 2  # it rewrites metrics.csv: the lock too
+        _one_line_error(capsys, "is in use by another process")
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
     assert main(["train", *CLI, "max_steps=10", f"out_dir={tmp_path}", "--overwrite", "--no-progress"]) == 0
 
