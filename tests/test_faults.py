@@ -30,7 +30,7 @@ def faults(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind, files", [
-    # single: the last series file, metrics.csv twice (its last row; the `_final_freqs` columns),
+    # single: the last series file, metrics.csv twice (its last row; the end-of-run columns of after_training),
     # phases.json, last.ckpt, meta.json. Ensemble: each of those per seed, last.ckpt.next then last.ckpt.
     ("end_single", 6), ("end_ensemble", 14)])
 def test_a_kill_at_any_write_of_a_runs_end_resumes_to_the_same_files(faults, kind, files):

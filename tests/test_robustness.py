@@ -445,6 +445,7 @@ def test_damaged_files_of_a_run_are_one_line_errors(tmp_path, capsys):
     (run_dir / "metrics.csv").write_text(table[:-4])  # the last line cut short in its last number
     assert main(["train", *args, "--resume"]) == 2
     _one_line_error(capsys, "metrics.csv: damaged (its last line is cut short)")
+    (run_dir / "meta.json").write_text(meta.replace('"finished": false', '"finished": true'))  # measure needs it
     assert main(["measure", str(run_dir), "--no-progress"]) == 2
     _one_line_error(capsys, "metrics.csv: damaged")
     with pytest.raises(ToytasksError, match="metrics.csv: damaged"):
