@@ -1,11 +1,17 @@
-"""The `toytasks` command line. User mistakes print one line and exit with status 2."""
+"""The `toytasks` command line. User mistakes print one line and exit with status 2; a non-finite
+loss exits with 3, a file system error with 1, and a Ctrl-C or SIGTERM with 130 or 143 (after the
+run it stopped has saved a resumable checkpoint), each with one line saying what happened."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import NonFiniteLoss, ToytasksError
+from . import interrupts
+from .errors import NonFiniteLoss, ToytasksError, ToytasksWarning, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", action="store_true", help="continue the run from its last.ckpt")
     train.add_argument("--overwrite", action="store_true", help="delete an earlier run of this config first")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    resume = commands.add_parser("resume", help="finish interrupted runs: the same as "
+                                                "`toytasks train RUN_DIR/config.yaml --resume`")
+    resume.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     measure = commands.add_parser("measure", help="recompute the progress measures over a saved series")
     measure.add_argument("run_dirs", nargs="+", metavar="run_dir")
@@ -55,22 +66,67 @@ def main(argv: list[str] | None = None) -> int:
         args.run_dirs, args.overrides = [a for a in args.run_dirs if a not in options], options + extra
     if args.command == "sweep" and args.jobs != 1 and (args.list or args.index is not None):
         parser.error("-j runs the whole sweep; it does not go with --list or --index")
-    try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "sweep":
-            return _sweep(args)
-        if args.command == "measure":
-            return _measure(args)
-        if args.command == "plot":
-            return _plot(args)
-    except NonFiniteLoss as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except ToytasksError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with interrupts.handled(), _one_line_warnings():
+        try:
+            if args.command == "train":
+                return _train(args)
+            if args.command == "resume":
+                return _resume(args)
+            if args.command == "sweep":
+                return _sweep(args)
+            if args.command == "measure":
+                return _measure(args)
+            if args.command == "plot":
+                return _plot(args)
+        except interrupts.Interrupted as stop:
+            _error(stop, _how_to_go_on(args) if stop.resumable else "")
+            return stop.exit_code
+        except NonFiniteLoss as error:
+            _error(error)
+            return 3
+        except ToytasksError as error:
+            _error(error)
+            return 2
+        except OSError as error:  # the file system's (a full disk, no permission): one line, not a traceback
+            _error(error)
+            return 1
+        except MemoryError:
+            _error("out of memory; make the run smaller (task, model, batch_size or seeds)")
+            return 1
     return 0
+
+
+def _error(message, hint: str = "") -> None:
+    """One line: the message (cut short if it is long: it may quote a huge value), then the hint whole."""
+    print(f"error: {one_line(str(message))}{hint}", file=sys.stderr)
+
+
+def _how_to_go_on(args) -> str:
+    """The command that goes on from where an interrupted command stopped."""
+    quiet = ["--no-progress"] if getattr(args, "no_progress", False) else []  # as it was asked
+    if args.command == "train":
+        return "; resume with: " + shlex.join(["toytasks", "train", args.config, *args.overrides, *quiet, "--resume"])
+    if args.command == "resume":
+        return "; resume with: " + shlex.join(["toytasks", "resume", *args.run_dirs, *quiet])
+    return ""  # a sweep's message says it; measure and plot have nothing to resume
+
+
+@contextmanager
+def _one_line_warnings():
+    """toytasks' own warnings (a broken run left out of a table) as `warning: ...` lines."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ToytasksWarning):
+            print(f"warning: {one_line(str(message))}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _train(args) -> int:
@@ -82,6 +138,20 @@ def _train(args) -> int:
     if global_rank() == 0:  # further DDP processes run this command too
         for run_dir in run_dirs:
             print(f"run: {run_dir}")
+    return 0
+
+
+def _resume(args) -> int:
+    from pathlib import Path
+
+    from .config import load_config
+    from .layout import RunPaths
+    from .training import train_runs
+
+    for run_dir in args.run_dirs:
+        config = load_config(RunPaths(Path(run_dir)).config)
+        for done in train_runs(config, resume=True, progress=not args.no_progress):
+            print(f"run: {done}")
     return 0
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import re
 import typing
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from .errors import ConfigError, ToytasksError, first_line
+from .errors import ConfigError, ToytasksError, first_line, short
 from .schema import build, to_plain
 from .tasks import Task, task_from_config
 
@@ -27,6 +28,8 @@ ATTENTION = ("causal", "bidirectional")
 LOSSES = ("softmax", "stablemax")
 LOSS_DTYPES = ("float64", "float32")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "solu")
+MAX_NAME = 100  # characters of an experiment name (a directory name; most file systems allow 255)
+MAX_YAML_NODES = 100_000  # values a YAML text may stand for once its aliases are expanded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,9 +261,8 @@ class Config:
             raise ConfigError("checkpoints.steps", f"step {late[0]} is past max_steps={self.max_steps}")
         for name, options in self.measures.items():
             if not isinstance(options, dict):
-                raise ConfigError(f"measures.{name}", f"expected a mapping of options (or null for off), got {options!r}")
-        if not self.experiment or "/" in self.experiment:
-            raise ConfigError("experiment", f"must be a non-empty name without '/', got {self.experiment!r}")
+                raise ConfigError(f"measures.{name}", f"expected a mapping of options (or null for off), got {short(options)}")
+        _check_name("experiment", self.experiment)
         if self.trainer.world_size > 1 and self.on_nonfinite == "skip":
             raise ConfigError("on_nonfinite", "`skip` needs one device (a skipped step would stall DDP)")
         if self.seeds is not None:
@@ -355,19 +357,35 @@ def config_from_dict(data: Any) -> Config:
     task = task_from_config(data.get("task"))
     measures = data.get("measures") or {}
     if not isinstance(measures, dict):
-        raise ConfigError("measures", f"expected a mapping of measure names to options, got {measures!r}")
+        raise ConfigError("measures", f"expected a mapping of measure names to options, got {short(measures)}")
     measures = {str(name): options for name, options in measures.items() if options is not None}  # null: off
     return build(Config, {**data, "task": task, "measures": measures})
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config, apply `key=value` overrides (dotted keys, YAML values), validate."""
+    """Read a YAML config, apply `key=value` overrides (dotted keys, YAML values), validate.
+
+    A run directory's own config.yaml stands for that directory wherever it is (moved, copied,
+    or named from another working directory): `toytasks train RUN_DIR/config.yaml --resume`
+    resumes RUN_DIR, whatever `out_dir` the file holds."""
     path = Path(path)
     if not path.is_file():
         raise ToytasksError(f"{path}: config file not found")
     data = read_yaml(path)
     data.setdefault("experiment", path.stem)
-    return config_from_dict(apply_overrides(data, overrides))
+    config = config_from_dict(apply_overrides(data, overrides))
+    run_dir = path.parent
+    if (path.name == "config.yaml" and run_dir.resolve().name == config.run_id
+            and run_dir.resolve().parent.name == config.experiment and not _same_dir(config.run_dir, run_dir)):
+        config = dataclasses.replace(config, out_dir=os.path.abspath(run_dir.parent.parent))
+    return config
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -385,15 +403,50 @@ _YamlLoader.add_implicit_resolver(
 
 
 def parse_yaml(text: str):
-    return yaml.load(text, Loader=_YamlLoader)
+    """YAML text as plain data, refusing an alias bomb: a few hundred characters whose aliases
+    stand for millions of values (they would be expanded when the config is hashed or printed)."""
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise ToytasksError(f"its aliases expand to more than {MAX_YAML_NODES:,} values")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ToytasksError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """How many values `node` stands for with every alias expanded (each shared node counted once
+    per use, computed once: the cost is that of the text, not of the expansion)."""
+    if id(node) not in sizes:
+        sizes[id(node)] = MAX_YAML_NODES + 1  # a node met again while being sized is a cycle
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += _expanded_size(child, sizes)
+            if total > MAX_YAML_NODES:
+                break
+        sizes[id(node)] = total
+    return sizes[id(node)]
 
 
 def read_yaml(path: Path) -> dict:
     """A YAML file holding a mapping, as plain data."""
     try:
         data = parse_yaml(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+    except (yaml.YAMLError, ValueError, ToytasksError) as error:  # ValueError: not text, or a 5,000-digit number
         raise ToytasksError(f"{path}: not valid YAML ({first_line(error)})") from None
+    except OSError as error:
+        raise ToytasksError(f"{path}: cannot read ({error.strerror})") from None
     if not isinstance(data, dict):
         raise ToytasksError(f"{path}: expected a mapping of config fields at the top level")
     return data
@@ -405,12 +458,12 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ToytasksError(f"override {item!r}: expected key=value, e.g. optim.lr=3e-3")
+            raise ToytasksError(f"override {short(item)}: expected key=value, e.g. optim.lr=3e-3")
         try:
             value = parse_yaml(text) if text.strip() else None
-        except yaml.YAMLError as error:
-            raise ToytasksError(f"override {item!r}: value is not valid YAML ({first_line(error)})") from None
-        set_dotted(data, key.strip(), value, f"override {item!r}")
+        except (yaml.YAMLError, ValueError, ToytasksError) as error:
+            raise ToytasksError(f"override {short(item)}: value is not valid YAML ({first_line(error)})") from None
+        set_dotted(data, key.strip(), value, f"override {short(item)}")
     return data
 
 
@@ -428,4 +481,12 @@ def set_dotted(data: dict, key: str, value: Any, where: str) -> None:
 def _check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         shown = ", ".join("null" if a is None else str(a) for a in allowed)
-        raise ConfigError(field, f"must be one of {shown}, got {value!r}")
+        raise ConfigError(field, f"must be one of {shown}, got {short(value)}")
+
+
+def _check_name(field: str, name: str) -> None:
+    """A name that becomes one directory: no path separator, not `.`/`..`/hidden, not too long."""
+    if (not name or name.startswith(".") or len(name) > MAX_NAME or not name.isprintable()
+            or any(c in name for c in "/\\")):
+        raise ConfigError(field, f"must be a name of 1 to {MAX_NAME} printable characters, without '/' or "
+                                 f"'\\' and not starting with '.', got {short(name)}")

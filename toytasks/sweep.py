@@ -21,14 +21,18 @@ re-run finds its runs: finished ones are skipped, interrupted ones resume from `
 ones start. A point whose config has `seeds` is an ensemble, trained in one process.
 
 `run_sweep` runs the points in `jobs` worker processes (`toytasks sweep FILE --index I`, the
-same command an array job runs on a cluster); `train_point` is what one worker does.
+same command an array job runs on a cluster); `train_point` is what one worker does. A Ctrl-C or
+SIGTERM starts no further point and asks the running workers to stop at the end of their step,
+each with a resumable checkpoint; such points are reported as interrupted.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import itertools
+import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -38,12 +42,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import Config, apply_overrides, config_from_dict, read_yaml, set_dotted
-from .errors import ToytasksError
+from .errors import ToytasksError, one_line, short
+from .interrupts import Interrupted, signal_name
 from .measures import check_measures
 from .layout import RunPaths
-from .storage import prepare_run_dir, read_meta
+from .storage import RunBusy, RunLock, prepare_run_dir, read_meta
 
 SWEEP_KEYS = ("base", "experiment", "overrides", "arms", "grid")
+# Points in one sweep file. Each is validated, listed and checked for its status when the file is
+# read (about 1 ms each), and becomes a run directory: beyond this, split the sweep into several.
+MAX_POINTS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +70,12 @@ class Point:
         return [member.run_dir for member in self.config.members]
 
     def status(self) -> str:
-        """finished, unfinished, failed (stopped on a non-finite loss; retried like unfinished) or new."""
-        metas = [read_meta(run_dir) for run_dir in self.run_dirs]
+        """finished, unfinished, failed (stopped on a non-finite loss; retried like unfinished), new,
+        or broken (its meta.json is unreadable: training it says why)."""
+        try:
+            metas = [read_meta(run_dir) for run_dir in self.run_dirs]
+        except ToytasksError:
+            return "broken"
         if all(meta.get("finished") for meta in metas):
             return "finished"
         if any(meta.get("failed") for meta in metas):
@@ -172,6 +184,10 @@ def _grid(path: Path, grid: Any, arms: dict[str, dict] | None) -> dict[str, list
                                 f"({', '.join(arms or {}) or 'it names none'})")
     elif arms is not None:
         grid = {"arm": list(arms), **grid}
+    points = math.prod(len(values) for values in grid.values())
+    if points > MAX_POINTS:
+        raise ToytasksError(f"{path}: grid: {points:,} points, more than the {MAX_POINTS:,} a sweep file may "
+                            "hold; split it into several sweep files")
     return grid
 
 
@@ -201,7 +217,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -
     """Train every point that is not finished, `jobs` at a time, each in its own process.
 
     Every point's resolved config is written to its run directory before anything trains.
-    Returns the points that failed; the others run to the end regardless.
+    Returns the points that failed or were interrupted; the others run to the end regardless.
+    A Ctrl-C or SIGTERM to this process stops the running points at the end of their step, each
+    with a resumable checkpoint, and raises Interrupted after the summary.
     """
     if jobs < 1:
         raise ToytasksError(f"-j {jobs}: must be at least 1")
@@ -209,14 +227,14 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -
     statuses = {point.index: point.status() for point in sweep.points}
     todo = [point for point in sweep.points if statuses[point.index] != "finished"]
     for point in todo:
-        for member in point.config.members:
-            if not read_meta(member.run_dir).get("finished"):
-                prepare_run_dir(member, resume=True, overwrite=False)
+        if statuses[point.index] != "broken":  # its worker will say what is wrong
+            for member in point.config.members:
+                _write_config(member)
     for point in sweep.points:
         if statuses[point.index] == "finished":
             say(f"[{point.index + 1}/{total}] finished, skipped  {point.run_dirs[0]}  {point.label}")
 
-    lock, failed = threading.Lock(), []
+    lock, trained, failed, interrupted, workers = threading.Lock(), [], [], [], {}
     env = worker_env(jobs)
 
     def run(point: Point) -> None:
@@ -227,29 +245,74 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -
         started = time.time()
         command = [sys.executable, "-m", "toytasks.cli", "sweep", str(sweep.path), *sweep.overrides,
                    "--index", str(point.index), "--no-progress"]
-        with open(log, "a") as out:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        # Appended to, never through a symlink planted in the run directory.
+        with os.fdopen(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666), "a") as out:
+            with lock:
+                if stopping.is_set():
+                    return
+                workers[point.index] = worker = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+            code = worker.wait()
+            with lock:
+                del workers[point.index]
         seconds = time.time() - started
         with lock:
             if code == 0:
+                trained.append(point)
                 say(f"[{point.index + 1}/{total}] done in {seconds:.0f} s  {point.run_dirs[0]}")
+            elif code - 128 in (signal.SIGINT, signal.SIGTERM) or -code in (signal.SIGINT, signal.SIGTERM):
+                interrupted.append(point)
+                say(f"[{point.index + 1}/{total}] interrupted ({signal_name(abs(code) % 128)}) after {seconds:.0f} s: "
+                    f"{_last_line(log)}")
             else:
                 failed.append(point)
                 say(f"[{point.index + 1}/{total}] FAILED (exit {code}) after {seconds:.0f} s: "
                     f"{_last_line(log)}  (log: {log})")
 
+    stopping = threading.Event()
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
         list(pool.map(run, todo))
-    except KeyboardInterrupt:  # Ctrl-C reaches the workers too; start no further point
+    except Interrupted as stop:
+        # Start no further point; the running ones stop at the end of their step, with a resumable
+        # checkpoint (a SIGTERM: a worker that had the terminal's Ctrl-C too takes it as one request).
+        stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
-        raise
+        with lock:
+            running = list(workers.values())
+        for worker in running:
+            worker.send_signal(signal.SIGTERM)
+        pool.shutdown(wait=True)
+        _summary(sweep, todo, trained, failed, interrupted, say)
+        n = len(interrupted)
+        raise Interrupted(stop.signum, f"sweep {sweep.name} interrupted by {signal_name(stop.signum)}: "
+                                       f"{n} point{'s' if n != 1 else ''} stopped with a resumable checkpoint; "
+                                       "running the same command again resumes them") from None
     pool.shutdown()
-    failed.sort(key=lambda p: p.index)
-    say(f"sweep {sweep.name}: {total} points, {total - len(todo)} already finished, {len(todo) - len(failed)} "
-        f"trained now, {len(failed)} failed" + "".join(f"{'; ' if i else ': '}point {p.index} ({p.label})"
-                                                      for i, p in enumerate(failed)))
-    return failed
+    _summary(sweep, todo, trained, failed, interrupted, say)
+    return sorted(failed + interrupted, key=lambda p: p.index)
+
+
+def _summary(sweep: Sweep, todo: list[Point], trained: list[Point], failed: list[Point], interrupted: list[Point],
+             say) -> None:
+    total, done = len(sweep.points), len(trained)
+    listed = lambda points: "".join(f"{'; ' if i else ': '}point {p.index} ({p.label})"
+                                    for i, p in enumerate(sorted(points, key=lambda p: p.index)))
+    line = (f"sweep {sweep.name}: {total} points, {total - len(todo)} already finished, {done} trained now, "
+            f"{len(failed)} failed{listed(failed)}")
+    if interrupted:
+        line += f", {len(interrupted)} interrupted{listed(interrupted)}"
+    say(line)
+
+
+def _write_config(member: Config) -> None:
+    """A point's resolved config into its run directory, under its lock; a run that another
+    process is training already has its config."""
+    try:
+        with RunLock(member.run_dir, purpose="toytasks sweep, writing the config"):
+            if not read_meta(member.run_dir).get("finished"):
+                prepare_run_dir(member, resume=True, overwrite=False)
+    except RunBusy:
+        pass
 
 
 def worker_env(jobs: int) -> dict[str, str]:
@@ -265,4 +328,4 @@ def worker_env(jobs: int) -> dict[str, str]:
 
 def _last_line(path: Path) -> str:
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(no output)"
+    return one_line(lines[-1]) if lines else "(no output)"

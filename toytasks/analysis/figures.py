@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ToytasksError
+from ..files import make_dir, write_atomically
 from ..layout import RunPaths
 from ..measures import MEASURES, applicable
 from ..phases import milestones
@@ -29,11 +30,10 @@ from ..plots import phase_lines, plt, save_figure
 
 def plot_run(run) -> list[Path]:
     """Every figure of a run, written into its plots/ directory; returns their paths."""
-    out = run.paths.plots
-    out.mkdir(exist_ok=True)
     metrics = run.metrics
-    if metrics.empty:
-        raise ToytasksError(f"{run.path}: nothing to plot yet (no metrics logged)")
+    if metrics.empty or not run.steps:
+        raise ToytasksError(f"{run.path}: nothing to plot yet (no metrics logged, or no checkpoint saved)")
+    out = make_dir(run.paths.plots)
     figures = {"loss.png": loss_curves(metrics, milestones(metrics))}
     names = applicable(run.config)
     # and the optional measures computed for it (`toytasks measure RUN_DIR --with ...`)
@@ -74,10 +74,11 @@ def run_table(directory) -> pd.DataFrame:
     from .run_set import load_runs
 
     runs = load_runs(directory)
-    summary = runs.summary
+    summary = runs.summary  # broken runs left out, with a warning
+    by_path = {str(run.path): run for run in runs}
     labels, headline = set(), []
-    for run, (_, row) in zip(runs, summary.iterrows()):
-        label, column = run.task.headline
+    for _, row in summary.iterrows():
+        label, column = by_path[row["run"]].task.headline
         labels.add(label)
         headline.append(row.get(column))
     table = summary.assign(headline=pd.to_numeric(pd.Series(headline, index=summary.index), errors="coerce"))
@@ -116,7 +117,8 @@ def plot_sweep(table: pd.DataFrame, label: str = "headline"):
         errors = [stats["median_reached"] - stats["min"], stats["max"] - stats["median_reached"]]
         drawn = ax.errorbar(stats.index, stats["median_reached"], yerr=errors, marker="o", capsize=4,
                             label=line_label or None)
-        ax.scatter(group["_x"], group["headline"], color=drawn[0].get_color(), alpha=0.4, s=18)
+        reached = group[group["headline"].notna()]  # matplotlib cannot draw a NaN at a categorical x
+        ax.scatter(reached["_x"], reached["headline"], color=drawn[0].get_color(), alpha=0.4, s=18)
         never = group[group["headline"].isna()]  # e.g. never grokked: an x at the top of the plot
         ax.scatter(never["_x"], [1.0] * len(never), transform=ax.get_xaxis_transform(), marker="x", s=40,
                    clip_on=False, color=drawn[0].get_color())
@@ -253,12 +255,12 @@ def plot_sweep_dir(directory: str | Path) -> list[Path]:
     """Write SWEEP_DIR/plots/sweep.png and sweep.csv; returns their paths."""
     directory = Path(directory)
     table = run_table(directory)
-    out = RunPaths(directory).plots  # a sweep directory keeps its figures where a run does
-    out.mkdir(exist_ok=True)
+    out = make_dir(RunPaths(directory).plots)  # a sweep directory keeps its figures where a run does
     csv = out / "sweep.csv"
     swept = swept_columns(table)
     listed = table.assign(setting=settings(table, swept)[0].str.replace("\n", " ")) if is_categorical(table, swept) else table
-    listed[["run", *(["setting"] if "setting" in listed else []), *swept, "seed", "finished", "headline"]].to_csv(csv, index=False)
+    columns = ["run", *(["setting"] if "setting" in listed else []), *swept, "seed", "finished", "headline"]
+    write_atomically(csv, lambda tmp: listed[columns].to_csv(tmp, index=False))
     finished = table[table["finished"]]
     if finished.empty:
         raise ToytasksError(f"{directory}: none of its {len(table)} runs has finished yet")

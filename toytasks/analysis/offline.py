@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from ..errors import ToytasksError
+from ..files import remove_temporaries
 from ..measures import MEASURES, applicable
 from ..metrics_table import MetricsTable
-from ..storage import read_meta, write_json
+from ..storage import RunLock, read_meta, write_json
 
 
 def measure_run(run, progress: bool = True, extra: Sequence[str] = (), options: Mapping[str, dict] | None = None,
@@ -33,8 +34,14 @@ def measure_run(run, progress: bool = True, extra: Sequence[str] = (), options: 
     unused = sorted(set(options or {}) - set(names))
     if unused:
         raise ToytasksError(f"options for {unused[0]}, which is not computed here (add --with {unused[0]})")
+    with RunLock(run.path, purpose="toytasks measure"):  # training writes these files too
+        remove_temporaries(run.path)
+        return _measure(run, names, steps, progress, options or {})
+
+
+def _measure(run, names: list[str], steps: list[int], progress: bool, options: Mapping[str, dict]) -> list[str]:
     table = MetricsTable(run.paths.metrics)
-    measures = [run.measure(name, (options or {}).get(name)) for name in names]
+    measures = [run.measure(name, options.get(name)) for name in names]
     for measure in measures:
         model_at = _with_progress(run.model_at, len(steps), f"measuring {measure.name}", progress)
         rows = measure.measure_series(model_at, steps)

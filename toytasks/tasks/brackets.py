@@ -205,6 +205,10 @@ class Brackets(Task):
     def n_train(self) -> int:
         return sum(train for train, _ in self._splits.values())
 
+    @property
+    def n_examples(self) -> int:
+        return self.size
+
     def counters(self, group: str) -> list[PathCounter]:
         accepts = GROUPS[group][2]
         return [_counter(n, accepts) for n in self.lengths]

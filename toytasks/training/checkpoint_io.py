@@ -5,13 +5,25 @@ that run's directory in the one-run format (its weights under the single run's k
 of the optimizer state, its data generator), and stacks the runs' files back into one checkpoint
 when resuming. So a killed ensemble resumes together, and any of its seeds also resumes alone
 (`toytasks train RUN_DIR/config.yaml --resume`).
+
+An ensemble's seeds must resume from one step, so their files are replaced as one: each seed's
+new file is written whole as `last.ckpt.next`, and only when all are written are they renamed to
+`last.ckpt`. A process killed in between leaves the ensemble for `settle_resumable` to finish
+(every seed's new file was written) or undo (not all were).
 """
 from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
 
 import torch
 from lightning.fabric.plugins import CheckpointIO
 
-from ..files import write_atomically
+from ..files import describe, write_atomically
+from ..errors import ToytasksError
+from ..layout import RunPaths
+from ..storage import resumable_step
 
 
 class RunsCheckpointIO(CheckpointIO):
@@ -19,10 +31,15 @@ class RunsCheckpointIO(CheckpointIO):
         self.module = module
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        runs = self.module.runs
-        for i, member in enumerate(self.module.members):
+        runs, members = self.module.runs, self.module.members
+        staged = len(members) > 1
+        for i, member in enumerate(members):
             part = runs.run_checkpoint(checkpoint, i)
-            write_atomically(member.paths.resumable, lambda tmp: torch.save(part, tmp))
+            target = member.paths.staged_resumable if staged else member.paths.resumable
+            write_atomically(target, lambda tmp: _save(part, tmp))
+        if staged:
+            for member in members:
+                _replace(member.paths.staged_resumable, member.paths.resumable)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         # Only tensors and plain containers: a run directory's checkpoint never runs code.
@@ -31,3 +48,51 @@ class RunsCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path) -> None:
         pass  # each run's last.ckpt is replaced in place
+
+
+def settle_resumable(run_dirs: list[Path]) -> None:
+    """Finish or undo an ensemble's replacement of its last.ckpt files that a crash interrupted:
+    finish it when every seed has its new file (staged or already renamed), else undo it. Call it
+    holding the runs' locks, before reading their last.ckpt."""
+    paths = [RunPaths(run_dir) for run_dir in run_dirs]
+    staged = [p for p in paths if p.staged_resumable.exists()]
+    if not staged:
+        return
+    step = resumable_step(staged[0].staged_resumable)
+    complete = all(p.staged_resumable.exists() or (p.resumable.exists() and resumable_step(p.resumable) == step)
+                   for p in paths)
+    for p in staged:
+        if complete:
+            _replace(p.staged_resumable, p.resumable)
+        else:
+            p.staged_resumable.unlink()
+
+
+def _save(part: dict, tmp: Path) -> None:
+    with open(tmp, "wb") as f:  # through a Python file: a full disk is an OSError, not torch's RuntimeError
+        torch.save(_interned(part), f)
+
+
+def _interned(obj):
+    """`obj` with every string interned. Pickle writes a string once per object, so a resumed run
+    (whose optimizer state has the strings unpickled from its checkpoint) would write the same
+    checkpoint in other bytes than an uninterrupted one; with one object per string they agree."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        copy = obj.copy()  # the same mapping type
+        copy.clear()
+        copy.update((_interned(k), _interned(v)) for k, v in obj.items())
+        return copy
+    if isinstance(obj, list):
+        return [_interned(v) for v in obj]
+    if type(obj) is tuple:
+        return tuple(_interned(v) for v in obj)
+    return obj
+
+
+def _replace(source: Path, target: Path) -> None:
+    try:
+        os.replace(source, target)
+    except OSError as error:
+        raise ToytasksError(f"{target}: cannot write ({describe(error)})") from None
