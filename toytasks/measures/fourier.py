@@ -13,6 +13,9 @@ definitions, each the seed notebook's):
 with this checkpoint's own key frequencies. When training ends, `_final_freqs` versions of the two
 losses are computed over the whole saved series with the final model's key frequencies (as the
 paper plots them), and phases.json holds the estimated phase boundaries (toytasks/phases.py).
+
+The same definitions hold for modular subtraction (`modular_arithmetic` with `op: sub`) with a - b
+in place of a + b; the other operations have no such key directions and are refused.
 """
 from __future__ import annotations
 
@@ -57,8 +60,10 @@ class FourierMeasure(Measure):
     @classmethod
     def why_not(cls, task, model_cfg):
         # The measures read one MLP layer's neurons and W_out W_U directly: the seed's architecture.
-        if task.name != "modular_addition":
-            return f"applies to modular_addition, not {task.name}"
+        # Their definitions hold for a +- b over all p*p pairs (the key directions are cos/sin(w(a+-b))).
+        if _sign(task) is None:
+            what = f"op {task.op}" if task.name == "modular_arithmetic" else task.name
+            return f"applies to modular addition and subtraction (a + b, a - b mod p), not {what}"
         if task.p % 2 == 0:
             return f"needs an odd modulus (sin(p/2) vanishes), got p={task.p}"
         if model_cfg.n_layers != 1 or model_cfg.attn_only or model_cfg.normalization is not None:
@@ -72,10 +77,11 @@ class FourierMeasure(Measure):
         a = torch.arange(p).repeat_interleave(p)
         b = torch.arange(p).repeat(p)
         self.tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)  # [p*p, 3]
-        self.labels = (a + b) % p
+        self.sign = _sign(self.task)  # +1: a + b; -1: a - b
+        self.labels = (a + self.sign * b) % p
         self.train_idx, self.test_idx = self.task.split_indices()
         self.basis = F.fourier_basis(p)
-        self.directions = F.sum_directions(p)
+        self.directions = F.sum_directions(p, sign=self.sign)
 
     def _follow(self, model) -> None:
         """Keep the fixed data on the model's device (moved once, on first use there)."""
@@ -106,7 +112,7 @@ class FourierMeasure(Measure):
         fractions = F.neuron_freq_fractions(acts, self.p)  # [p//2, d_mlp]
         mask = self.key_mask(fractions)
         restricted, excluded = self._losses(logits, acts, resid_mid, W_out, W_U, mask)
-        cos_sims, residual_frac = F.logit_periodicity(logits, mask, self.p)
+        cos_sims, residual_frac = F.logit_periodicity(logits, mask, self.p, sign=self.sign)
         best_frac, best_freq = fractions.nan_to_num(0.0).max(dim=0)
         values.update({
             "fourier/restricted_loss": restricted,
@@ -167,6 +173,15 @@ class FourierMeasure(Measure):
         if run.steps:
             figures["embed_fourier_norms.png"] = embedding_fourier_norms(run)
         return figures
+
+
+def _sign(task) -> int | None:
+    """+1 for modular addition, -1 for subtraction, None where the measures do not apply."""
+    if task.name == "modular_addition":
+        return 1
+    if task.name == "modular_arithmetic":
+        return {"add": 1, "sub": -1}.get(task.op)
+    return None
 
 
 def restricted_excluded(metrics, phase_steps: dict):
