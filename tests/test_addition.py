@@ -1,4 +1,6 @@
 """Multi-digit addition: the encoding against plain Python, and the per-digit measure."""
+import math
+
 import pytest
 import torch
 
@@ -70,3 +72,21 @@ def test_summary_and_plot(tiny_run):
     summary = json.loads((tiny_run.path / "digits.json").read_text())
     assert set(summary["learnt_step"]) == {"digit0", "digit1", "digit2"}
     assert tiny_run.path / "plots" / "digit_loss.png" in plot_run(tiny_run)
+
+
+@pytest.mark.slow
+def test_each_digit_has_its_own_phase_change(tmp_path):
+    """configs/addition_cpu.yaml cut at step 300: the final carry (digit5) is learnt within ~75
+    steps while every other digit's loss still sits at ln 10 (chance); the units digit (digit0)
+    then drops from chance to near zero within ~100 steps, and the middle digits lag behind it."""
+    config = load_config(CONFIGS / "addition_cpu.yaml", [f"out_dir={tmp_path}", "max_steps=300"])
+    m = load_run(train(config, progress=False)).metrics.dropna(subset=["val/loss/digit0"]).set_index("step")
+    chance = math.log(10)
+    carry_learnt = m[m["val/acc/digit5"] >= 0.95].index[0]
+    assert m.loc[carry_learnt, "val/loss/digit0"] > 0.95 * chance, "the units digit was not still at chance"
+    on_plateau = m[m["val/loss/digit0"] > 0.9 * chance].index
+    drop_start = on_plateau[on_plateau > carry_learnt].max()
+    learnt = m[(m.index > drop_start) & (m["val/loss/digit0"] < 0.25)].index
+    assert len(learnt) and learnt[0] - drop_start <= 100, "the units digit's drop was not sudden"
+    assert m.loc[learnt[0], "val/acc/digit2"] < 0.9, "the middle digits did not lag behind the units"
+    print(f"digit5 learnt by {carry_learnt}; digit0 from chance at {drop_start} to < 0.25 at {learnt[0]}")

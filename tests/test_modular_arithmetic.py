@@ -144,3 +144,21 @@ def test_a_subtraction_run_logs_the_fourier_measures(tiny_subtraction_run):
     assert metrics["step"].tolist() == tiny_subtraction_run.steps
     # At step 0 the restricted loss is near log p: nothing is learnt yet.
     assert metrics["fourier/restricted_loss"].iloc[0] == pytest.approx(math.log(11), rel=0.1)
+
+
+# --- the phenomenon --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_division_groks(tmp_path):
+    """configs/modular_division_cpu.yaml, cut at step 1,100 (it groks near step 930): train accuracy
+    reaches 1 with test accuracy near chance, and test accuracy reaches 0.99 only much later."""
+    config = load_config(CONFIGS / "modular_division_cpu.yaml", [f"out_dir={tmp_path}", "max_steps=1100",
+                                                                  "checkpoints.every=100"])
+    m = load_run(train(config, progress=False)).metrics.dropna(subset=["val/acc", "train/acc"])
+    memorised = m[(m["train/acc"] >= 0.99) & (m["val/acc"] <= 0.2)]
+    assert not memorised.empty, "never memorised with test accuracy below 0.2"
+    first = memorised["step"].iloc[0]
+    grokked = m[(m["step"] > first) & (m["val/acc"] >= 0.99)]
+    assert not grokked.empty, "test accuracy never reached 0.99"
+    assert grokked["step"].iloc[0] >= first + 500, (first, grokked["step"].iloc[0])  # long after: grokking
+    print(f"memorised at step {first}, grokked at step {grokked['step'].iloc[0]}")
