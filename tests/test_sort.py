@@ -93,3 +93,20 @@ def test_the_measure_matches_the_test_accuracy_on_training_lengths(tiny_run):
     scored = measure.targets[rows] != -100
     accuracy = (logits.argmax(-1) == measure.targets[rows])[scored].double().mean().item()
     assert values["val/acc/len3"].item() == pytest.approx(accuracy)
+
+
+@pytest.mark.slow
+def test_sorting_does_not_generalise_past_the_trained_lengths(tmp_path):
+    """configs/sort_cpu.yaml cut at step 400: every trained length (1 to 10) is sorted with
+    accuracy >= 0.97, while a length just past them (11) is not, and the longest (up to 20) are
+    near 0.3: learnt positional embeddings give no length generalisation."""
+    config = load_config(CONFIGS / "sort_cpu.yaml", [f"out_dir={tmp_path}", "max_steps=400"])
+    run = load_run(train(config, progress=False))
+    final = run.metrics.dropna(subset=["val/acc/len1"]).iloc[-1]
+    assert final["step"] == 400
+    trained = [final[f"val/acc/len{n}"] for n in range(1, 11)]
+    longer = [final[f"val/acc/len{n}"] for n in range(12, 21)]
+    assert min(trained) >= 0.97, trained
+    assert final["val/acc/len11"] < 0.8 and max(longer) < 0.6, (final["val/acc/len11"], longer)
+    print(f"accuracy at lengths 1-10: {min(trained):.3f} or more; 11: {final['val/acc/len11']:.3f}; "
+          f"12-20: {max(longer):.3f} or less")
