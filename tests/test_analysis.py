@@ -156,6 +156,25 @@ def test_sample_is_seeded_and_separate_from_training(tmp_path):
     assert not torch.equal(a["tokens"], run.sample(8, seed=2)["tokens"])
     with pytest.raises(ToytasksError, match="run.sample"):
         run.batch("test")
+    # Never the training stream, even with the run's own seed (the CPU stream of a CPU run).
+    from toytasks.data import SAMPLE_MIX, TrainBatches
+
+    stream = TrainBatches(run.task, 1, 8, seed=run.config.seed, device=torch.device("cpu"))
+    assert not torch.equal(run.sample(8, seed=run.config.seed)["tokens"], stream.next_batch()["tokens"])
+    colliding = (run.config.seed - 0x5EED) * pow(SAMPLE_MIX, -1, 2**32) % 2**32  # the one seed that would
+    with pytest.raises(ToytasksError, match="run's own data streams"):
+        run.sample(8, seed=colliding)
+
+
+def test_ddp_processes_draw_different_batches_on_the_cpu():
+    """The CPU generator reads only a seed's low 32 bits: each process's stream must differ there."""
+    from toytasks.data import TrainBatches, stream_seed
+    from toytasks.tasks.induction import Induction
+
+    batches = [TrainBatches(Induction(vocab=20, half=4), 1, 8, seed=stream_seed(0, rank), device=torch.device("cpu"))
+               .next_batch()["tokens"] for rank in range(4)]
+    assert stream_seed(0, 0) == 0  # process 0 draws what a one-device run draws
+    assert all(not torch.equal(batches[i], batches[j]) for i in range(4) for j in range(i))
 
 
 def test_mean_ablation_replaces_each_activation_by_its_mean():

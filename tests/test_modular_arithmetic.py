@@ -140,10 +140,10 @@ def tiny_subtraction_run(tmp_path_factory):
 
 
 def test_a_subtraction_run_logs_the_fourier_measures(tiny_subtraction_run):
-    metrics = tiny_subtraction_run.metrics.dropna(subset=["fourier/restricted_loss"])
+    metrics = tiny_subtraction_run.metrics.dropna(subset=["fourier/restricted_loss_live_freqs"])
     assert metrics["step"].tolist() == tiny_subtraction_run.steps
     # At step 0 the restricted loss is near log p: nothing is learnt yet.
-    assert metrics["fourier/restricted_loss"].iloc[0] == pytest.approx(math.log(11), rel=0.1)
+    assert metrics["fourier/restricted_loss_live_freqs"].iloc[0] == pytest.approx(math.log(11), rel=0.1)
 
 
 # --- the phenomenon --------------------------------------------------------------------------------

@@ -125,3 +125,17 @@ def _stop_at(config, step):
     meta = json.loads((target / "meta.json").read_text())
     (target / "meta.json").write_text(json.dumps({**meta, "finished": False}))
     assert (target / "last.ckpt").exists()
+
+
+def test_measure_refuses_an_unfinished_run(tiny_run, capsys):
+    run, _ = tiny_run
+    meta, table = run.path / "meta.json", (run.path / "metrics.csv").read_bytes()
+    finished = meta.read_text()
+    meta.write_text(json.dumps({**json.loads(finished), "finished": False}))  # training, or killed
+    try:
+        assert main(["measure", str(run.path), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "has not finished" in err
+        assert (run.path / "metrics.csv").read_bytes() == table
+    finally:
+        meta.write_text(finished)

@@ -17,6 +17,28 @@ from .tasks.base import BATCH_KEYS
 
 Batch = dict[str, torch.Tensor]
 HELD_OUT_SEED = 1_000_003  # added to the run's seed: a sampled task's evaluation batch
+# PyTorch's CPU generator (mt19937) uses only the low 32 bits of a seed, so seeds that differ only
+# above them give the same numbers. Every seed of a run's data streams differs in the low bits.
+RANK_STRIDE = 0x9E3779B9  # odd: ranks 0..2^32-1 give distinct low 32 bits
+SAMPLE_MIX = 0x2545F491  # odd: multiplies the seeds of run.sample into their own order
+
+
+def stream_seed(seed: int, rank: int = 0) -> int:
+    """The seed of a run's training stream in DDP process `rank` (the run's seed in process 0)."""
+    return seed + rank * RANK_STRIDE
+
+
+def run_streams(seed: int, world_size: int = 1) -> set[int]:
+    """The low 32 bits of the seeds of every stream a run draws its data from (training and held out)."""
+    return {stream_seed(seed, rank) % 2**32 for rank in range(world_size)} | {(seed + HELD_OUT_SEED) % 2**32}
+
+
+def sample_seed(seed: int, run_seed: int, world_size: int = 1) -> int:
+    """The generator seed of `run.sample(n, seed)`: never one of the run's own data streams."""
+    mixed = (seed * SAMPLE_MIX + 0x5EED) % 2**32
+    if mixed in run_streams(run_seed, world_size):
+        raise ValueError(f"seed {seed} would draw one of the run's own data streams; use another seed")
+    return mixed
 
 
 def held_out_batch(task: Task, seed: int, n: int = 512) -> Batch:

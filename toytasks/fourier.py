@@ -12,7 +12,7 @@ Measures"):
 - the cos(w(a+b)), sin(w(a+b)) components of the MLP activations at a set of frequencies (what
   the restricted and excluded losses keep or remove);
 - logit periodicity: the cosine similarity of the logit cube L[a, b, c] with cos(w(a+b-c)) for
-  every frequency, and the residual fraction left by a set of them;
+  every frequency, and the residual fraction left by a set of them (or by all of them);
 - the Gini coefficient (sparsity) of the embedding's norms in the Fourier basis.
 
 Frequency sets are boolean masks over 1..p//2, so nothing here needs their number on the host.
@@ -87,15 +87,13 @@ def cross_entropy64(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -log_probs.gather(dim=-1, index=labels[:, None])[:, 0].mean()
 
 
-def logit_periodicity(logits: torch.Tensor, mask: torch.Tensor, p: int,
-                      sign: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarity of the logit cube L[a, b, c] with cos(w(a+b-c)) for every frequency
-    [p//2], and the residual fraction |L - sum over key k of its projection| / |L| (the seed's
-    "Logit Periodicity" cells).
+def logit_cos_coefficients(logits: torch.Tensor, p: int, sign: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection of the logit cube L[a, b, c] onto the normalised cube cos(w_k(a+b-c)) for each
+    frequency k = 1..p//2 (the seed's `get_cos_coeffs`), and |L|^2. logits: [p*p, p], rows in (a, b)
+    order; float64. sign=-1 projects onto cos(w_k(a-b-c)) instead (modular subtraction).
 
     cos(w(a+b-c)) = cos(w(a+b)) cos(wc) + sin(w(a+b)) sin(wc), so the projections are computed
-    without building the seed's [p//2, p, p, p] cube. logits: [p*p, p], rows in (a, b) order.
-    sign=-1 compares with cos(w(a-b-c)) instead (modular subtraction).
+    without building the seed's [p//2, p, p, p] cube.
     """
     logits = logits.to(torch.float64)
     x = torch.arange(p, device=logits.device, dtype=torch.float64)
@@ -105,11 +103,23 @@ def logit_periodicity(logits: torch.Tensor, mask: torch.Tensor, p: int,
     v = torch.stack([torch.cos(w * x), torch.sin(w * x)], dim=1)  # [p//2, 2, p]
     dot = torch.einsum("kti,ic,ktc->k", u, logits, v)  # <L, cube_k>
     cube_sq_norm = (torch.einsum("kti,kui->ktu", u, u) * torch.einsum("ktc,kuc->ktu", v, v)).sum((-1, -2))
-    coefficients = dot / cube_sq_norm.sqrt()  # projections onto the normalised cubes
-    total = logits.pow(2).sum()
-    # The cubes of distinct frequencies are orthogonal, so the residual norm follows directly.
-    residual = (total - (coefficients.pow(2) * mask).sum()).clamp_min(0).sqrt()
-    return coefficients / total.sqrt(), residual / total.sqrt()
+    return dot / cube_sq_norm.sqrt(), logits.pow(2).sum()
+
+
+def residual_frac(coefficients: torch.Tensor, total: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """|L - sum over the masked frequencies of L's projection| / |L| (the seed's "Residual fraction
+    of norm"; over all frequencies, its `get_residual_cos_sim`). The cubes of distinct frequencies
+    are orthogonal, so the residual's norm follows from the coefficients."""
+    return (total - (coefficients.pow(2) * mask).sum()).clamp_min(0).sqrt() / total.sqrt()
+
+
+def logit_periodicity(logits: torch.Tensor, mask: torch.Tensor, p: int,
+                      sign: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cosine similarity of L with cos(w(a+b-c)) for every frequency [p//2] (the seed's
+    `get_cos_sim`), and the residual fraction after the masked frequencies (sign=-1: with
+    cos(w(a-b-c)), for modular subtraction)."""
+    coefficients, total = logit_cos_coefficients(logits, p, sign)
+    return coefficients / total.sqrt(), residual_frac(coefficients, total, mask)
 
 
 def gini(x: torch.Tensor) -> torch.Tensor:

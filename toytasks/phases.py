@@ -8,7 +8,10 @@
 - clean-up ends when it has fallen 90% of the way.
 
 The seed marks the three phases by eye (1500 / 13300 / 16600 for its run); these rules do not
-depend on the loss scale. A phase that has not happened yet is None.
+depend on the loss scale. The peak, the final value and the crossings are read off the log test
+loss after a centred running median (over 2% of the points after memorisation, at least 5), so a
+spike of a few steps, at the end or anywhere else, moves no boundary. A phase that has not
+happened yet is None.
 """
 from __future__ import annotations
 
@@ -32,6 +35,12 @@ def grokking_step(metrics: pd.DataFrame) -> int | None:
     return first_step_reaching(metrics, "val/acc")
 
 
+def smooth(values: pd.Series) -> pd.Series:
+    """A centred running median: a few outlying steps do not change it."""
+    window = max(5, round(0.02 * len(values))) | 1  # odd, so that it is centred on a step
+    return values.rolling(window, center=True, min_periods=1).median()
+
+
 def milestones(metrics: pd.DataFrame) -> dict[str, int | None]:
     """What every run's summary holds: when it memorised (train accuracy 0.99) and grokked (test)."""
     return {"memorisation_end": first_step_reaching(metrics, "train/acc"), "grokking_step": grokking_step(metrics)}
@@ -46,7 +55,7 @@ def estimate_phases(metrics: pd.DataFrame) -> dict[str, int | None]:
     test = test[test["step"] >= phases["memorisation_end"]]
     if len(test) < 2:
         return phases
-    log_loss = test["val/loss"].clip(lower=1e-12).map(math.log)
+    log_loss = smooth(test["val/loss"].clip(lower=1e-12).map(math.log))
     peak = log_loss.idxmax()
     high, low = log_loss[peak], log_loss.iloc[-1]
     if high - low < math.log(10):  # less than a 10x drop: no grokking (yet)

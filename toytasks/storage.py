@@ -111,12 +111,10 @@ def write_meta(run_dir: Path, config: Config, **fields) -> dict:
     """Merge `fields` into meta.json, with the versions, git sha and run identity."""
     from importlib.metadata import version
 
-    from . import __version__
-
     meta = read_meta(run_dir)
     meta.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
     meta.update(
-        versions={"toytasks": __version__, "torch": torch.__version__, "lightning": version("lightning"),
+        versions={"toytasks": version("toytasks"), "torch": torch.__version__, "lightning": version("lightning"),
                   "transformer_lens": version("transformer-lens"), "python": platform.python_version()},
         git_sha=_git_sha(), run_id=config.run_id, experiment=config.experiment, **fields,
     )

@@ -11,12 +11,15 @@ from typing import Sequence
 from ..errors import ToytasksError
 from ..measures import MEASURES, applicable
 from ..metrics_table import MetricsTable
-from ..storage import write_json
+from ..storage import read_meta, write_json
 
 
 def measure_run(run, progress: bool = True, extra: Sequence[str] = ()) -> list[str]:
     """Recompute every measure that applies to the run (and the optional ones named in `extra`);
     returns the metric names written."""
+    if not read_meta(run.path).get("finished"):  # a live trainer would overwrite what this writes
+        raise ToytasksError(f"{run.path}: the run has not finished (it is training, or was interrupted); "
+                            "finish it (`toytasks train RUN_DIR/config.yaml --resume`) before measuring it")
     steps = run.steps
     if not steps:
         raise ToytasksError(f"{run.path}: the checkpoint series is empty")

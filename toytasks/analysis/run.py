@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..config import Config, config_from_dict, read_yaml
+from ..data import sample_seed
 from ..errors import ToytasksError
 from ..files import write_atomically
 from ..layout import RunPaths
@@ -64,11 +65,16 @@ class Run:
         return batch_from_split(self.dataset[split])
 
     def sample(self, n: int, seed: int = 0) -> dict:
-        """n examples of a sampled task, drawn on the CPU from a generator seeded with `seed`
-        (not the training stream's), so the same call always gives the same batch."""
+        """n examples of a sampled task, drawn on the CPU from a generator seeded from `seed`, so
+        the same call always gives the same batch, and never from one of the run's own data
+        streams (toytasks.data.sample_seed)."""
         if self.task.finite:
             raise ToytasksError(f"{self.path}: {self.task.name} is a finite task; use run.batch(split)")
-        return self.task.sample(n, torch.Generator().manual_seed(seed))
+        try:
+            generator_seed = sample_seed(seed, self.config.seed, self.config.trainer.world_size)
+        except ValueError as error:
+            raise ToytasksError(f"run.sample: {error}") from None
+        return self.task.sample(n, torch.Generator().manual_seed(generator_seed))
 
     @property
     def steps(self) -> list[int]:

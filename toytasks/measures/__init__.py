@@ -9,6 +9,8 @@ A measure is a class registered with `@register` that declares:
     by_default    whether `toytasks measure` computes it on runs it applies to that were trained
                   without it (True unless it is expensive)
     why_not(task, model_cfg)              None when it applies, else why not (a config error)
+    check_options(options, task)          raise a ConfigError for options the task cannot take
+                                          (optional)
     __init__(options, config, dataset)    built once per run from its options, the run's config
                                           and its stored data (None for sampled tasks)
     __call__(model) -> {metric: 0-d tensor}
@@ -63,6 +65,10 @@ class Measure:
     def why_not(cls, task, model_cfg) -> Optional[str]:
         return None
 
+    @classmethod
+    def check_options(cls, options, task) -> None:
+        pass
+
     def __call__(self, model) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -106,7 +112,9 @@ def measure_options(name: str, options: Optional[dict], task, model_cfg):
     reason = cls.why_not(task, model_cfg)
     if reason:
         raise ConfigError(f"measures.{name}", reason)
-    return build(cls.Options, options or {}, f"measures.{name}")
+    built = build(cls.Options, options or {}, f"measures.{name}")
+    cls.check_options(built, task)
+    return built
 
 
 def check_measures(config) -> None:

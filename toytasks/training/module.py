@@ -16,7 +16,7 @@ from typing import Optional
 import lightning as L
 import torch
 
-from ..data import Batch, RunBatches, TrainBatches, held_out_batch
+from ..data import Batch, RunBatches, TrainBatches, held_out_batch, stream_seed
 from ..errors import NonFiniteLoss
 from ..optim import clip_scales, optimizer_and_schedule
 from ..tasks import batch_from_split
@@ -62,7 +62,7 @@ class ToyTaskModule(L.LightningModule):
         if self.batches is None:
             c = self.config
             # Each DDP process draws its own batches; process 0 draws what a one-device run would.
-            streams = [TrainBatches(self.task, c.max_steps, c.batch_size, seed=m.config.seed + (self.global_rank << 32),
+            streams = [TrainBatches(self.task, c.max_steps, c.batch_size, seed=stream_seed(m.config.seed, self.global_rank),
                                     device=self.device, train_split=self.train_split) for m in self.members]
             self.batches = RunBatches(streams, c.max_steps, self.train_split if self.shared_data else None)
             if self._resume_batches is not None:
