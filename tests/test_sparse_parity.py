@@ -111,3 +111,23 @@ def test_correlation_is_one_for_a_model_that_outputs_the_parity(tiny_run):
     # mean(chi f) / sqrt(mean(f^2)) with f = chi centred: the spread of chi, 1 up to the batch's imbalance.
     assert values["parity/corr_true"].item() == pytest.approx(1, abs=0.01)
     assert values["parity/corr_others_max"].item() < 0.2  # other parities are orthogonal to it
+
+
+@pytest.mark.slow
+def test_plateau_then_sudden_drop_with_hidden_progress(tmp_path):
+    """configs/sparse_parity_cpu.yaml cut at step 200: the test loss sits at ln 2 for the first 50
+    steps while the attention on the hidden bits already rises, then falls to accuracy >= 0.99
+    within ~100 steps, and the output ends correlated with the hidden parity only."""
+    config = load_config(CONFIGS / "sparse_parity_cpu.yaml", [f"out_dir={tmp_path}", "max_steps=200"])
+    m = load_run(train(config, progress=False)).metrics.dropna(subset=["parity/corr_true"]).set_index("step")
+    plateau = m[m["val/loss"] > 0.6].index
+    assert m.loc[[0, 25, 50], "val/loss"].between(0.65, 0.75).all(), "no plateau at ln 2"
+    last_on_plateau = plateau.max()
+    solved = m[(m.index > last_on_plateau) & (m["val/acc"] >= 0.99)].index
+    assert len(solved) and solved[0] - last_on_plateau <= 125, "no sudden drop"
+    attention = m["parity/attn_hidden_max"]
+    assert attention[last_on_plateau] > 1.2 * attention[0], "no hidden progress in the attention"
+    final = m.iloc[-1]
+    assert final["parity/corr_true"] > 0.95 and final["parity/corr_others_max"] < 0.1
+    print(f"plateau until step {last_on_plateau}, accuracy >= 0.99 at {solved[0]}; attention on the hidden "
+          f"bits {attention[0]:.3f} -> {attention[last_on_plateau]:.3f} on the plateau")
