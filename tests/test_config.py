@@ -77,7 +77,7 @@ def test_yaml_round_trip(tmp_path):
     ([GROKKING, "optim.lr=0"], "optim.lr: must be positive"),
     ([GROKKING, "batch_size=5000"], "batch_size: 5000 is more than the 3830 training examples"),
     ([GROKKING, "checkpoints.every=0"], "checkpoints.every: must be at least 1"),
-    ([GROKKING, "measures.attention={}"], "measures.attention: unknown measure; known measures: brackets, digits, fourier, heads, lengths, parity"),
+    ([GROKKING, "measures.attention={}"], "measures.attention: unknown measure; known measures: brackets, digits, fourier, heads, lengths, llc, parity, softmax_collapse"),
     ([GROKKING, "measures.fourier=true"], "measures.fourier: expected a mapping of options"),
     ([GROKKING, "measures.fourier.threshold=2"], "measures.fourier.threshold: must be in (0, 1]"),
     ([GROKKING, "task.p=12"], "measures.fourier: needs an odd modulus"),
