@@ -1,6 +1,8 @@
 """Sweeps: grid expansion, --list / --index, and re-runs that skip, resume and report failures."""
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -8,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CONFIGS
+from conftest import CONFIGS, ROOT
 from test_train import _stop_at
 from toytasks import load_run
 from toytasks.cli import main
@@ -259,3 +261,13 @@ def test_a_sweep_of_arms_is_drawn_as_categories_named_by_what_they_change():
     fig = plot_sweep(table)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == order
     assert "3 run(s) never reached it" in fig.axes[0].get_title()
+
+
+def test_list_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`toytasks sweep FILE --list | head`: once the reader has gone, no BrokenPipeError traceback and
+    exit 0 (`true` leaves before anything is written, so the write always finds the pipe closed)."""
+    sweep = ROOT / "configs" / "sweeps" / "grokking_interventions.yaml"
+    command = f"set -o pipefail; {sys.executable} -m toytasks.cli sweep {sweep} --list out_dir={tmp_path} | true"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (done.returncode, done.stderr) == (0, "")

@@ -4,6 +4,7 @@ run it stopped has saved a resumable checkpoint), each with one line saying what
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import warnings
@@ -67,17 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sweep" and args.jobs != 1 and (args.list or args.index is not None):
         parser.error("-j runs the whole sweep; it does not go with --list or --index")
     with interrupts.handled(), _one_line_warnings():
+        command = {"train": _train, "resume": _resume, "sweep": _sweep, "measure": _measure, "plot": _plot}
         try:
-            if args.command == "train":
-                return _train(args)
-            if args.command == "resume":
-                return _resume(args)
-            if args.command == "sweep":
-                return _sweep(args)
-            if args.command == "measure":
-                return _measure(args)
-            if args.command == "plot":
-                return _plot(args)
+            code = command[args.command](args)
+            sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
+            return code
         except interrupts.Interrupted as stop:
             _error(stop, _how_to_go_on(args) if stop.resumable else "")
             return stop.exit_code
@@ -87,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         except ToytasksError as error:
             _error(error)
             return 2
+        except BrokenPipeError:  # `toytasks sweep FILE --list | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+            return 0
         except OSError as error:  # the file system's (a full disk, no permission): one line, not a traceback
             _error(error)
             return 1
