@@ -23,19 +23,28 @@ def test_previous_token_batches():
 
 def test_induction_batches():
     task = Induction(vocab=30, half=6)
-    batch = task.sample(256, torch.Generator().manual_seed(3))
-    tokens, targets, k = batch["tokens"], batch["targets"], batch["repeat_len"]
-    assert tokens.shape == (256, 13) and (tokens[:, 0] == 0).all() and (tokens[:, 1:] >= 1).all()
-    assert set(k.tolist()) == set(range(2, 7))  # the repeat length varies: no fixed offset to exploit
-    for row, length in zip(tokens, k.tolist()):
-        assert torch.equal(row[1:1 + length], row[1 + length:1 + 2 * length])
+    batch = task.sample(2048, torch.Generator().manual_seed(3))
+    tokens, targets = batch["tokens"], batch["targets"]
+    k, start, d = batch["repeat_len"], batch["repeat_start"], batch["repeat_dist"]
+    assert tokens.shape == (2048, 13) and (tokens[:, 0] == 0).all() and (tokens[:, 1:] >= 1).all()
     assert torch.equal(targets[:, :-1], tokens[:, 1:]) and (targets[:, -1] == IGNORE).all()
+    # the distance, the length and the place vary: no position or fixed offset to exploit
+    assert set(d.tolist()) == set(range(2, 11)) and set(k.tolist()) == set(range(2, 7))
+    assert len(set(start[(d == 3) & (k == 3)].tolist())) >= 5  # of the 7 places that fit
+    assert (k > d).any()  # a copy longer than its distance repeats with period d
+    counts = torch.bincount(d)[2:].float()
+    assert counts.max() / counts.min() < 3  # every distance about as common, short ones included
     groups = task.position_groups(batch)
     assert not (groups["first"] & groups["repeated"]).any()
-    for row, repeated, length in zip(tokens, groups["repeated"], k.tolist()):
+    for row, repeated, first, length, second, dist in zip(tokens, groups["repeated"], groups["first"],
+                                                          k.tolist(), start.tolist(), d.tolist()):
+        assert second + length <= 13 and second - dist >= 1
+        assert torch.equal(row[second:second + length], row[second - dist:second - dist + length])
         positions = repeated.nonzero().flatten()
-        assert positions.tolist() == list(range(length + 1, 2 * length))
-        assert torch.equal(row[positions + 1], row[positions + 1 - length])  # predictable from the first copy
+        assert positions.tolist() == list(range(second, second + length - 1))
+        assert not first[second - 1] and first.sum() == 12 - len(positions) - 1
+        for p in positions.tolist():  # the answer follows an earlier occurrence of row[p], d back
+            assert row[p - dist] == row[p] and row[p - dist + 1] == row[p + 1]
 
 
 def _pattern(rule, n, heads=1):
