@@ -92,6 +92,20 @@ def detector_score(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return per_sequence.mean(0)
 
 
+def repeated_sequences(n: int, vocab: int, half: int, generator: torch.Generator) -> torch.Tensor:
+    """Fresh test sequences [n, 2 * half + 1]: BOS, `half` random tokens, the same tokens again."""
+    segment = torch.randint(1, vocab, (n, half), generator=generator, device=generator.device)
+    return torch.cat([torch.zeros_like(segment[:, :1]), segment, segment], dim=1)
+
+
+def second_copy_attention(pattern: torch.Tensor, half: int) -> torch.Tensor:
+    """pattern [batch, head, query, key] on `repeated_sequences` -> [head]: the mean attention from
+    each token of the second copy to the token after its first occurrence (that one key only, not
+    the successors of coincidental repeats within the segment)."""
+    query = torch.arange(half + 1, 2 * half + 1, device=pattern.device)  # the second copy
+    return pattern[:, :, query, query - half + 1].mean(dim=(0, 2))
+
+
 def icl_score(per_token_loss: torch.Tensor, positions: list[int]) -> torch.Tensor:
     """Mean loss over the last quarter of the scored positions minus over the first quarter."""
     quarter = max(1, len(positions) // 4)
