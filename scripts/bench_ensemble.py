@@ -50,8 +50,7 @@ def clock():
 def run_side(args) -> dict:
     """In this process: the N seeds as single runs (`singles`) or as one ensemble (`ensemble`)."""
     from toytasks.config import load_config
-    from toytasks.ensemble import train_ensemble
-    from toytasks.train import train
+    from toytasks.training import train, train_runs
 
     seeds = list(range(args.seeds))
     timer = clock()
@@ -59,7 +58,7 @@ def run_side(args) -> dict:
         overrides = [f"max_steps={args.steps}", f"out_dir={out_dir}", f"trainer.accelerator={args.device}",
                      *args.overrides]
         if args.inner == "ensemble":
-            train_ensemble(load_config(args.config, [*overrides, f"seeds={seeds}"]), progress=False, callbacks=[timer])
+            train_runs(load_config(args.config, [*overrides, f"seeds={seeds}"]), progress=False, callbacks=[timer])
         else:
             for seed in seeds:
                 train(load_config(args.config, [*overrides, f"seed={seed}"]), progress=False, callbacks=[timer])

@@ -17,8 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from toytasks.config import load_config  # noqa: E402
-from toytasks.measures.fourier import FourierConfig, FourierMeasures  # noqa: E402
-from toytasks.module import ToyTaskModule  # noqa: E402
+from toytasks.loss import loss_and_accuracy  # noqa: E402
+from toytasks.measures import build_measures  # noqa: E402
+from toytasks.model import build_model, trainable_parameters  # noqa: E402
 from toytasks.tasks import batch_from_split  # noqa: E402
 
 
@@ -40,31 +41,33 @@ def main():
     ap.add_argument("config", nargs="?", default="configs/grokking.yaml")
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    config = load_config(args.config)
+    config = load_config(args.config, ["measures.fourier={}"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train = batch_from_split(config.task.make_dataset()["train"], device)
-    module = ToyTaskModule(config).to(device)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
+    model = build_model(config.model, config.task, config.model_seed, device=device)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-3)
+    positions = config.task.scored_positions
 
-    def step():
-        loss, _ = module.score(train)
+    def step():  # what training does: the native module, the float64 loss, AdamW
+        logits = model.original_model(train["tokens"])
+        loss, _ = loss_and_accuracy(logits[:, positions], train["targets"][:, positions])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 
-    measures = FourierMeasures(config.task, config.measures.fourier or FourierConfig())
+    measures = build_measures(config, names=["fourier"])[0]
     mask = torch.zeros(config.task.p // 2, dtype=torch.bool, device=device)
     mask[:4] = True
 
     def evaluate():
-        values = measures(module.model.eval())
-        module.model.train()
+        values = measures(model.eval())
+        model.train()
         torch.stack([v.double() for v in values.values()]).cpu()  # the one copy to the host
 
     step(), evaluate()  # warm-up
     step_s = timed(step, args.reps * 4, device)
     eval_s = timed(evaluate, args.reps, device)
-    final_s = timed(lambda: measures(module.model, final_mask=mask), args.reps, device)
+    final_s = timed(lambda: measures(model, final_mask=mask, live=False), args.reps, device)
     every = config.checkpoints.every
     print(f"device={device} p={config.task.p} train_examples={len(train['tokens'])}")
     print(f"train step: {step_s * 1e3:.1f} ms   measures (live): {eval_s * 1e3:.1f} ms   "

@@ -45,7 +45,7 @@ TINY_RUNS = {  # name: (config, overrides)
 def tiny_runs(tmp_path_factory):
     """`tiny_runs("grokking")`: the run directory of a seconds-long run of a CPU config."""
     from toytasks.config import load_config
-    from toytasks.train import train
+    from toytasks.training import train
 
     out, trained = tmp_path_factory.mktemp("tiny_runs"), {}
 

@@ -106,7 +106,32 @@ def seed_measures(model, p, train_indices, test_indices, key_freqs, device="cpu"
         excluded_logits = residual_stream_final @ model.unembed.W_U
         return loss_fn(excluded_logits[train_indices], train_labels)
 
+    # Logit Periodicity over training: every frequency's cos(w(a+b-c)) cube
+    cos_cube = []
+    for freq in range(1, p//2 + 1):
+        a = torch.arange(p)[:, None, None]
+        b = torch.arange(p)[None, :, None]
+        c = torch.arange(p)[None, None, :]
+        cube_predicted_logits = torch.cos(freq * 2 * torch.pi / p * (a + b - c)).to(device)
+        cube_predicted_logits /= cube_predicted_logits.norm()
+        cos_cube.append(cube_predicted_logits)
+    cos_cube = torch.stack(cos_cube, dim=0)
+
+    def get_cos_sim(model):
+        logits = model(dataset)[:, -1]
+        logits = einops.rearrange(logits, "(a b) c -> a b c", a=p, b=p)
+        vals = (cos_cube * logits[None, :, :, :]).sum([-3, -2, -1])
+        return vals / logits.norm()
+
+    def get_residual_cos_sim(model):
+        logits = model(dataset)[:, -1]
+        logits = einops.rearrange(logits, "(a b) c -> a b c", a=p, b=p)
+        vals = (cos_cube * logits[None, :, :, :]).sum([-3, -2, -1])
+        residual = logits - (vals[:, None, None, None] * cos_cube).sum(dim=0)
+        return residual.norm() / logits.norm()
+
     with torch.no_grad():
         return dict(fourier_basis=fourier_basis, neuron_freq_norm=neuron_freq_norm, cos_sims=cos_sims,
                     residual_frac=residual_frac, restricted_loss=get_restricted_loss(model),
-                    excluded_loss=get_excluded_loss(model))
+                    excluded_loss=get_excluded_loss(model), cos_sim_all=get_cos_sim(model),
+                    residual_cos_sim=get_residual_cos_sim(model))

@@ -7,8 +7,9 @@ import torch
 
 from toytasks import latest_run, load_run, load_runs
 from toytasks.errors import ToytasksError
-from toytasks.run import Run
-from toytasks.series import save_weights, series_path
+from toytasks.analysis.run import Run
+from toytasks.layout import RunPaths
+from toytasks.storage import save_weights
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_map_caches_and_picks_up_a_new_checkpoint(run, count_loads):
     again = run.map(embed_norm, name="norms")
     assert count_loads == [] and again.equals(first)  # the cache answers; no checkpoint loaded
 
-    save_weights(run.model_at(30), series_path(run.path, 40), 40)  # the series grows (a resumed run)
+    save_weights(run.model_at(30), RunPaths(run.path).series(40), 40)  # the series grows (a resumed run)
     count_loads.clear()
     grown = run.map(embed_norm, name="norms")
     assert count_loads == [40] and list(grown["step"]) == [*first["step"], 40]
@@ -155,12 +156,31 @@ def test_sample_is_seeded_and_separate_from_training(tmp_path):
     assert not torch.equal(a["tokens"], run.sample(8, seed=2)["tokens"])
     with pytest.raises(ToytasksError, match="run.sample"):
         run.batch("test")
+    # Never the training stream, even with the run's own seed (the CPU stream of a CPU run).
+    from toytasks.data import SAMPLE_MIX, TrainBatches
+
+    stream = TrainBatches(run.task, 1, 8, seed=run.config.seed, device=torch.device("cpu"))
+    assert not torch.equal(run.sample(8, seed=run.config.seed)["tokens"], stream.next_batch()["tokens"])
+    colliding = (run.config.seed - 0x5EED) * pow(SAMPLE_MIX, -1, 2**32) % 2**32  # the one seed that would
+    with pytest.raises(ToytasksError, match="run's own data streams"):
+        run.sample(8, seed=colliding)
+
+
+def test_ddp_processes_draw_different_batches_on_the_cpu():
+    """The CPU generator reads only a seed's low 32 bits: each process's stream must differ there."""
+    from toytasks.data import TrainBatches, stream_seed
+    from toytasks.tasks.induction import Induction
+
+    batches = [TrainBatches(Induction(vocab=20, half=4), 1, 8, seed=stream_seed(0, rank), device=torch.device("cpu"))
+               .next_batch()["tokens"] for rank in range(4)]
+    assert stream_seed(0, 0) == 0  # process 0 draws what a one-device run draws
+    assert all(not torch.equal(batches[i], batches[j]) for i in range(4) for j in range(i))
 
 
 def test_mean_ablation_replaces_each_activation_by_its_mean():
     import torch.nn.functional as F
 
-    from toytasks.ablation import mean_ablation, standard_hook_names
+    from toytasks.analysis.ablation import mean_ablation, standard_hook_names
     from toytasks.model import build_model
     from toytasks.tasks.previous_token import PreviousToken
     from conftest import CONFIGS

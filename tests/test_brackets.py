@@ -15,10 +15,10 @@ from toytasks.cli import main
 from toytasks.config import load_config
 from toytasks.errors import ConfigError
 from toytasks.measures.brackets import length_buckets, unbalanced_contributions
-from toytasks.plots import plot_run
+from toytasks.analysis.figures import plot_run
 from toytasks.tasks.brackets import (GROUPS, KINDS, PAD, Brackets, PathCounter, _to_strings, failure_kind,
                                      is_balanced)
-from toytasks.train import train
+from toytasks.training import train
 
 SMALL = dict(max_length=14, size=600)
 
@@ -198,8 +198,10 @@ def test_bad_input_on_the_command_line(capsys, tmp_path):
 
 
 def test_bracket_measures_need_the_brackets_task():
-    with pytest.raises(ConfigError, match="measures.brackets"):
-        load_config(CONFIGS / "grokking_cpu.yaml", ["measures.brackets={}"])
+    from toytasks.measures import check_measures
+
+    with pytest.raises(ConfigError, match="measures.brackets: needs the brackets task"):
+        check_measures(load_config(CONFIGS / "grokking_cpu.yaml", ["measures.brackets={}"]))
 
 
 def test_length_buckets():
@@ -284,7 +286,7 @@ def test_brackets_cpu_reaches_its_targets(tmp_path):
 
 
 def test_offline_measures_reproduce_the_logged_ones(tiny_run):
-    from toytasks.measures.offline import measure_run
+    from toytasks.analysis.offline import measure_run
 
     logged = tiny_run.metrics.set_index("step")
     names = measure_run(tiny_run, progress=False)

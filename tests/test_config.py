@@ -77,7 +77,9 @@ def test_yaml_round_trip(tmp_path):
     ([GROKKING, "optim.lr=0"], "optim.lr: must be positive"),
     ([GROKKING, "batch_size=5000"], "batch_size: 5000 is more than the 3830 training examples"),
     ([GROKKING, "checkpoints.every=0"], "checkpoints.every: must be at least 1"),
-    ([GROKKING, "measures.attention=true"], "measures.attention: unknown key; allowed: brackets, fourier, heads"),
+    ([GROKKING, "measures.attention={}"], "measures.attention: unknown measure; known measures: brackets, fourier, heads"),
+    ([GROKKING, "measures.fourier=true"], "measures.fourier: expected a mapping of options"),
+    ([GROKKING, "measures.fourier.threshold=2"], "measures.fourier.threshold: must be in (0, 1]"),
     ([GROKKING, "task.p=12"], "measures.fourier: needs an odd modulus"),
     ([GROKKING, "model.n_layers=2"], "measures.fourier: needs a 1-layer model"),
     ([GROKKING, "on_nonfinite=ignore"], "on_nonfinite: must be one of stop, skip"),
@@ -140,7 +142,7 @@ def test_arbitrary_yaml_and_overrides_never_traceback(tmp_path, text, overrides)
 
 
 def test_learning_rate_schedules():
-    from toytasks.module import lr_factor
+    from toytasks.optim import lr_factor
 
     assert [lr_factor(s, 10, "constant", 110) for s in (0, 5, 10, 110)] == [0, 0.5, 1, 1]
     assert [lr_factor(s, 10, "cosine", 110) for s in (5, 10, 110)] == [0.5, 1, 0]

@@ -7,8 +7,8 @@ import torch
 from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.config import load_config
-from toytasks.module import loss_and_accuracy
-from toytasks.train import train
+from toytasks.loss import loss_and_accuracy
+from toytasks.training import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

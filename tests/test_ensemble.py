@@ -21,8 +21,8 @@ from conftest import CONFIGS, TINY_RUNS
 from toytasks import load_run
 from toytasks.cli import main
 from toytasks.config import load_config
-from toytasks.ensemble import EnsembleModule, train_ensemble
-from toytasks.train import train
+from toytasks.training import train, train_runs
+from toytasks.training.replicas import StackedRuns
 
 GROKKING = CONFIGS / "grokking.yaml"
 INDUCTION = CONFIGS / "induction_cpu.yaml"
@@ -87,7 +87,7 @@ def test_ensemble_of_full_batch_runs_matches_single_runs(singles, tmp_path, caps
 def test_ensemble_of_mini_batch_runs_matches_single_runs(singles, tmp_path, name):
     _, path, overrides = next(case for case in CASES if case[0] == name)
     config = load_config(path, [*overrides, "max_steps=30", f"out_dir={tmp_path}", f"seeds={SEEDS}"])
-    for run_dir, single in zip(train_ensemble(config, progress=False), singles[name]):
+    for run_dir, single in zip(train_runs(config, progress=False), singles[name]):
         assert_same_run(run_dir, single)
 
 
@@ -99,7 +99,7 @@ def test_killed_ensemble_resumes_and_each_seed_resumes_alone(singles, tmp_path):
     seed0 = full.members[0]
     train(seed0, resume=True, progress=False)
     before = (seed0.run_dir / "metrics.csv").read_bytes()
-    run_dirs = train_ensemble(full, resume=True, progress=False)
+    run_dirs = train_runs(full, resume=True, progress=False)
     assert (seed0.run_dir / "metrics.csv").read_bytes() == before  # finished: left alone
     for run_dir, single in zip(run_dirs, singles["induction"]):
         assert_same_run(run_dir, single)
@@ -116,15 +116,17 @@ def test_ensemble_refuses_finished_and_unfinished_runs_without_flags(tmp_path, c
 
 
 def test_nonfinite_loss_in_one_seed_stops_the_ensemble_and_names_it(tmp_path, monkeypatch, capsys):
-    score = EnsembleModule.score
+    score, steps = StackedRuns.score, []
 
     def nan_in_seed_1(self, batch, shared):
         loss, acc = score(self, batch, shared)
-        if self.trainer.training and self.global_step == 12 and torch.is_grad_enabled():
-            loss = loss * torch.tensor([1.0, float("nan")], dtype=loss.dtype)
+        if torch.is_grad_enabled():  # a training step, not an evaluation
+            steps.append(len(steps))
+            if steps[-1] == 12:
+                loss = loss * torch.tensor([1.0, float("nan")], dtype=loss.dtype)
         return loss, acc
 
-    monkeypatch.setattr(EnsembleModule, "score", nan_in_seed_1)
+    monkeypatch.setattr(StackedRuns, "score", nan_in_seed_1)
     assert main(["train", str(GROKKING), *TINY_GROKKING, "max_steps=30", f"out_dir={tmp_path}", "seeds=[0, 1]",
                  "--no-progress"]) == 3
     err = capsys.readouterr().err
@@ -152,7 +154,7 @@ def test_bad_ensemble_configs_are_one_line_errors(override, message, capsys):
 def _stop_ensemble_at(config, step):
     """Train the first `step` steps of an ensemble and leave its seeds unfinished, as a kill would."""
     short = dataclasses.replace(config, max_steps=step)
-    for member, run_dir in zip(config.members, train_ensemble(short, progress=False)):
+    for member, run_dir in zip(config.members, train_runs(short, progress=False)):
         shutil.move(run_dir, member.run_dir)
         (member.run_dir / "config.yaml").write_text(member.to_yaml())
         meta = json.loads((member.run_dir / "meta.json").read_text())

@@ -3,7 +3,8 @@
 The seed's loop, written out below as it stands (full-batch AdamW, float64 loss at the last
 position, test loss after each update), run on the same TransformerBridge, the same split and the
 same initial weights, gives the same train and test losses at every step as toytasks' fast path
-(the bridge's native module, no hooks, metrics kept on the device).
+(the bridge's native module, no hooks, metrics kept on the device). tests/test_init.py compares
+with the seed loop run on TransformerLens 3.9's HookedTransformer itself.
 """
 import pytest
 import torch
@@ -12,12 +13,12 @@ from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.config import load_config
 from toytasks.model import build_model
-from toytasks.train import train
+from toytasks.training import train
 
 
 def seed_loop(config, steps):
     p = config.task.p
-    model = build_model(config.model, config.task, seed=config.model_seed)  # the seed's HookedTransformer(cfg)
+    model = build_model(config.model, config.task, seed=config.model_seed)  # the seed's HookedTransformer(cfg) (model.init: hooked)
     a = torch.arange(p).repeat_interleave(p)
     b = torch.arange(p).repeat(p)
     dataset = torch.stack([a, b, torch.full_like(a, p)], dim=1)

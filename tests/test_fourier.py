@@ -5,13 +5,20 @@ import pytest
 import torch
 
 from seed_reference import seed_measures
-from toytasks.config import ModelConfig
-from toytasks.measures.fourier import (FourierConfig, FourierMeasures, fourier_basis, gini,
-                                       key_freq_mask, logit_periodicity, neuron_freq_fractions)
+from toytasks.config import ModelConfig, config_from_dict
+from toytasks.fourier import fourier_basis, gini, key_freq_mask, logit_periodicity, neuron_freq_fractions
+from toytasks.measures.fourier import FourierMeasure, FourierOptions
 from toytasks.model import build_model
 from toytasks.tasks.modular_addition import ModularAddition
 
 P = 13
+
+
+def fourier_measure(task: ModularAddition) -> FourierMeasure:
+    """The Fourier measure with its default options, built for a run of `task`."""
+    config = config_from_dict({"task": {"name": task.name, "p": task.p, "frac_train": task.frac_train},
+                               "max_steps": 1})
+    return FourierMeasure(FourierOptions(), config)
 
 
 def grid(p=P):
@@ -63,37 +70,74 @@ def test_gini():
     assert gini(torch.tensor([0.0] * 9 + [5.0])).item() == pytest.approx(0.9, abs=1e-6)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_same_numbers_as_the_seed_notebook(seed):
-    task = ModularAddition(p=P, frac_train=0.4)
-    model = build_model(ModelConfig(d_model=32, d_head=8, d_mlp=64, freeze_biases=True), task, seed=seed).eval()
-    key_freqs = [2, 5]
-    mask = torch.zeros(P // 2, dtype=torch.bool)
+def assert_seed_numbers(model, task, key_freqs):
+    """Every Fourier measure of `model` is the seed notebook's own number (tests/seed_reference.py)."""
+    p = task.p
+    mask = torch.zeros(p // 2, dtype=torch.bool)
     mask[[k - 1 for k in key_freqs]] = True
     train, test = task.split_indices()
-    ref = seed_measures(model, P, train, test, key_freqs)
-    measures = FourierMeasures(task, FourierConfig())
-    ours = measures(model, final_mask=mask)
-    assert ours["fourier/restricted_loss_final_freqs"].item() == pytest.approx(ref["restricted_loss"].item(), rel=1e-5)
-    assert ours["fourier/excluded_loss_final_freqs"].item() == pytest.approx(ref["excluded_loss"].item(), rel=1e-5)
+    ref = seed_measures(model, p, train, test, key_freqs)
+    measures = fourier_measure(task)
+    ours = measures(model, key_mask=mask)
+    assert ours["fourier/restricted_loss"].item() == pytest.approx(ref["restricted_loss"].item(), rel=1e-5)
+    assert ours["fourier/excluded_loss"].item() == pytest.approx(ref["excluded_loss"].item(), rel=1e-5)
+    assert ours["fourier/logit_residual_frac"].item() == pytest.approx(ref["residual_frac"].item(), rel=1e-5, abs=1e-7)
+    assert ours["fourier/logit_residual_frac_all_freqs"].item() == pytest.approx(
+        ref["residual_cos_sim"].item(), rel=1e-4, abs=1e-6)
+    for k in range(1, p // 2 + 1):
+        assert ours[f"fourier/logit_cos_sim/k{k}"].item() == pytest.approx(ref["cos_sim_all"][k - 1].item(), abs=1e-5)
+    for k in key_freqs:
+        assert ours[f"fourier/logit_cos_sim/k{k}"].item() == pytest.approx(ref["cos_sims"][k].item(), abs=1e-5)
     with torch.no_grad():
-        logits, cache = model.run_with_cache(measures.tokens)
-        fractions = neuron_freq_fractions(cache["post", 0, "mlp"][:, -1], P)
+        _, cache = model.run_with_cache(measures.tokens)
+        fractions = neuron_freq_fractions(cache["post", 0, "mlp"][:, -1], p)
     # Dead neurons (no variance) are NaN in both; low-variance ones amplify float32 rounding.
     assert torch.allclose(fractions, ref["neuron_freq_norm"], atol=1e-4, equal_nan=True)
-    assert torch.allclose(fourier_basis(P), ref["fourier_basis"], atol=1e-5)
-    cos_sims, residual = logit_periodicity(logits[:, -1], mask, P)
-    assert residual.item() == pytest.approx(ref["residual_frac"].item(), rel=1e-5)
-    for k in key_freqs:
-        assert cos_sims[k - 1].item() == pytest.approx(ref["cos_sims"][k].item(), rel=1e-4, abs=1e-6)
+    assert torch.allclose(fourier_basis(p), ref["fourier_basis"], atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_same_numbers_as_the_seed_notebook_at_initialisation(seed):
+    task = ModularAddition(p=P, frac_train=0.4)
+    model = build_model(ModelConfig(d_model=32, d_head=8, d_mlp=64, freeze_biases=True), task, seed=seed).eval()
+    assert_seed_numbers(model, task, key_freqs=[2, 5])
+
+
+def test_configured_key_freqs_give_the_seed_measures_at_every_step():
+    task = ModularAddition(p=P, frac_train=0.4)
+    model = build_model(ModelConfig(d_model=32, d_head=8, d_mlp=64, freeze_biases=True), task, seed=0).eval()
+    config = config_from_dict({"task": {"name": task.name, "p": P, "frac_train": 0.4}, "max_steps": 1})
+    fixed = FourierMeasure(FourierOptions(key_freqs=[2, 5]), config)(model)
+    mask = torch.zeros(P // 2, dtype=torch.bool)
+    mask[[1, 4]] = True
+    assert fixed["fourier/restricted_loss"] == fourier_measure(task)(model, key_mask=mask)["fourier/restricted_loss"]
+    assert "fourier/restricted_loss" not in fourier_measure(task)(model)  # without: only at the end
+    assert "fourier/restricted_loss_live_freqs" in fixed
 
 
 def test_live_measures_leave_the_model_as_it_was():
     task = ModularAddition(p=P, frac_train=0.4)
     model = build_model(ModelConfig(d_model=32, d_head=8, d_mlp=64), task, seed=0).train()
-    values = FourierMeasures(task, FourierConfig())(model)
+    values = fourier_measure(task)(model)
     assert model.training
     assert all(not hp._forward_hooks for hp in model.hook_dict.values())
-    assert {"fourier/restricted_loss", "fourier/excluded_loss", "fourier/n_key_freqs", "fourier/embed_gini",
-            "fourier/logit_residual_frac", "fourier/frac_neurons_key", "fourier/logit_cos_sim/k1"} <= set(values)
+    assert {"fourier/restricted_loss_live_freqs", "fourier/excluded_loss_live_freqs", "fourier/n_key_freqs",
+            "fourier/embed_gini", "fourier/logit_residual_frac_live_freqs", "fourier/logit_residual_frac_all_freqs",
+            "fourier/frac_neurons_key", "fourier/logit_cos_sim/k1"} <= set(values)
     assert all(v.device == model.W_E.device and v.dim() == 0 for v in values.values())
+
+
+def test_excluded_loss_with_nothing_excluded_is_the_train_loss_biases_included():
+    """The excluded loss rebuilds the logits from the residual stream: with no frequency removed it
+    must be the model's own train loss, also when the biases are trained (non-zero)."""
+    task = ModularAddition(p=P, frac_train=0.4)
+    model = build_model(ModelConfig(d_model=32, d_head=8, d_mlp=64), task, seed=0).eval()
+    with torch.no_grad():
+        model.blocks[0].mlp.b_out.copy_(torch.randn_like(model.blocks[0].mlp.b_out))
+    measure = fourier_measure(task)
+    values = measure(model, key_mask=torch.zeros(P // 2, dtype=torch.bool))
+    train = measure.train_idx
+    with torch.no_grad():
+        logits = model(measure.tokens)[:, -1]
+    expected = torch.nn.functional.cross_entropy(logits[train].double(), measure.labels[train])
+    assert values["fourier/excluded_loss"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -11,7 +11,7 @@ from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.cli import main
 from toytasks.config import load_config
-from toytasks.train import train
+from toytasks.training import train
 
 pytestmark = pytest.mark.slow
 
@@ -41,18 +41,18 @@ def test_restricted_loss_from_log_p_to_test_loss(run):
 
 
 def test_restricted_loss_falls_before_test_loss(run):
-    m = run.metrics.dropna(subset=["fourier/restricted_loss_final_freqs"])
+    m = run.metrics.dropna(subset=["fourier/restricted_loss"])
     first_below = lambda column: m[m[column] < 0.1]["step"].iloc[0]  # noqa: E731
-    restricted, test = first_below("fourier/restricted_loss_final_freqs"), first_below("val/loss")
+    restricted, test = first_below("fourier/restricted_loss"), first_below("val/loss")
     assert restricted + 200 <= test, (restricted, test)
 
 
 def test_excluded_loss_rises_while_train_loss_stays_low(run):
     phases = json.loads((run.path / "phases.json").read_text())
-    m = run.metrics.dropna(subset=["fourier/excluded_loss_final_freqs"]).set_index("step")
+    m = run.metrics.dropna(subset=["fourier/excluded_loss"]).set_index("step")
     after = m[m.index >= phases["memorisation_end"]]
-    start = after["fourier/excluded_loss_final_freqs"].iloc[0]
-    risen = after[(after["fourier/excluded_loss_final_freqs"] > 5 * start) & (after["train/loss"] < 1e-3)]
+    start = after["fourier/excluded_loss"].iloc[0]
+    risen = after[(after["fourier/excluded_loss"] > 5 * start) & (after["train/loss"] < 1e-3)]
     assert not risen.empty
 
 
@@ -64,9 +64,9 @@ def test_phases_are_ordered(run):
 def test_measures_in_table_and_tensorboard(run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    names = ["fourier/restricted_loss", "fourier/excluded_loss", "fourier/restricted_loss_final_freqs",
-             "fourier/excluded_loss_final_freqs", "fourier/n_key_freqs", "fourier/embed_gini",
-             "fourier/logit_residual_frac", "weights/sq_norm"]
+    names = ["fourier/restricted_loss", "fourier/excluded_loss", "fourier/logit_residual_frac",
+             "fourier/restricted_loss_live_freqs", "fourier/excluded_loss_live_freqs", "fourier/n_key_freqs",
+             "fourier/embed_gini", "fourier/logit_residual_frac_all_freqs", "weights/sq_norm"]
     m = run.metrics
     for name in names:
         assert m.dropna(subset=[name])["step"].tolist()[:3] == run.steps[:3], name
@@ -83,11 +83,27 @@ def test_offline_measure_reproduces_and_is_idempotent(run, capsys):
     assert main(["measure", str(run.path), "--no-progress"]) == 0
     once = table.read_bytes()
     offline = run.metrics.set_index("step")
-    for name in ("fourier/restricted_loss", "fourier/excluded_loss", "fourier/logit_residual_frac"):
+    for name in ("fourier/restricted_loss", "fourier/excluded_loss", "fourier/logit_residual_frac",
+                 "fourier/restricted_loss_live_freqs", "fourier/logit_residual_frac_all_freqs"):
         for step in run.steps[::5]:
             assert offline.loc[step, name] == pytest.approx(live.loc[step, name], rel=1e-4, abs=1e-9)
     assert main(["measure", str(run.path), "--no-progress"]) == 0
     assert table.read_bytes() == once
+
+
+@pytest.mark.parametrize("step", [600, "last"])
+def test_measures_are_the_seed_notebooks_on_trained_checkpoints(run, step):
+    """On the trained model, with the run's final key frequencies: the seed's own cells agree."""
+    from test_fourier import assert_seed_numbers
+
+    step = run.steps[-1] if step == "last" else step
+    key_freqs = json.loads((run.path / "phases.json").read_text())["key_freqs"]
+    assert key_freqs
+    assert_seed_numbers(run.model_at(step), run.task, key_freqs)
+    m = run.metrics.set_index("step")  # and what training logged is that number
+    ours = run.measure("fourier")(run.model_at(step), key_mask=None)
+    assert m.loc[step, "fourier/logit_residual_frac_all_freqs"] == pytest.approx(
+        ours["fourier/logit_residual_frac_all_freqs"].item(), rel=1e-5)
 
 
 def test_plots(run, capsys):

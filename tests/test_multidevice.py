@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import CONFIGS, ROOT
 from toytasks import load_run
 from toytasks.config import load_config
-from toytasks.train import train
+from toytasks.training import train
 
 GROKKING = CONFIGS / "grokking.yaml"
 TINY = ["task.p=11", "max_steps=30", "checkpoints.every=10", "checkpoints.resume_every=20", "log_every=7",

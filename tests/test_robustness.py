@@ -15,9 +15,9 @@ from toytasks import load_run
 from toytasks.cli import main
 from toytasks.config import load_config
 from toytasks.errors import ToytasksError
-from toytasks.module import ToyTaskModule
-from toytasks.rundir import RunLock
-from toytasks.train import train
+from toytasks.training.replicas import OneRun
+from toytasks.storage import RunLock
+from toytasks.training import train
 
 GROKKING = CONFIGS / "grokking.yaml"
 TINY = ["task.p=11", "model.d_model=32", "model.d_head=8", "model.d_mlp=64", "checkpoints.every=20",
@@ -135,16 +135,17 @@ def test_resumable_checkpoint_never_unpickles_code(tmp_path, capsys):
 
 def _nan_at(step, monkeypatch):
     """Make the training loss NaN the first time `step` is trained."""
-    score, hit = ToyTaskModule.score, []
+    score, calls = OneRun.score, []
 
-    def patched(self, batch):
-        loss, acc = score(self, batch)
-        if self.trainer.training and self.global_step == step and not hit and torch.is_grad_enabled():
-            hit.append(step)
-            return loss * float("nan"), acc
+    def patched(self, batch, shared=True):
+        loss, acc = score(self, batch, shared)
+        if torch.is_grad_enabled():  # a training step (evaluations run without gradients)
+            calls.append(len(calls))
+            if calls[-1] == step:  # the step's first try
+                return loss * float("nan"), acc
         return loss, acc
 
-    monkeypatch.setattr(ToyTaskModule, "score", patched)
+    monkeypatch.setattr(OneRun, "score", patched)
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,7 @@ from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.config import load_config
 from toytasks.measures.heads import repeated_sequences, second_copy_attention
-from toytasks.train import train
+from toytasks.training import train
 
 pytestmark = pytest.mark.slow
 

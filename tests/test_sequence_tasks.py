@@ -9,7 +9,7 @@ from toytasks.measures.heads import head_scores, icl_score
 from toytasks.tasks import IGNORE
 from toytasks.tasks.induction import Induction
 from toytasks.tasks.previous_token import PreviousToken
-from toytasks.train import train
+from toytasks.training import train
 
 
 def test_previous_token_batches():

@@ -8,8 +8,8 @@ from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.cli import main
 from toytasks.config import load_config
-from toytasks.module import loss_and_accuracy
-from toytasks.train import train
+from toytasks.loss import loss_and_accuracy
+from toytasks.training import train
 
 GROKKING = CONFIGS / "grokking.yaml"
 
@@ -115,7 +115,6 @@ def _stop_at(config, step):
     """Train the first `step` steps of `config` and leave it unfinished, as a killed run would."""
     import dataclasses
 
-    from toytasks.series import RESUMABLE
 
     short = dataclasses.replace(config, max_steps=step)
     run_dir = train(short, progress=False)
@@ -125,4 +124,18 @@ def _stop_at(config, step):
     (target / "config.yaml").write_text(config.to_yaml())
     meta = json.loads((target / "meta.json").read_text())
     (target / "meta.json").write_text(json.dumps({**meta, "finished": False}))
-    assert (target / RESUMABLE).exists()
+    assert (target / "last.ckpt").exists()
+
+
+def test_measure_refuses_an_unfinished_run(tiny_run, capsys):
+    run, _ = tiny_run
+    meta, table = run.path / "meta.json", (run.path / "metrics.csv").read_bytes()
+    finished = meta.read_text()
+    meta.write_text(json.dumps({**json.loads(finished), "finished": False}))  # training, or killed
+    try:
+        assert main(["measure", str(run.path), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "has not finished" in err
+        assert (run.path / "metrics.csv").read_bytes() == table
+    finally:
+        meta.write_text(finished)

@@ -3,22 +3,22 @@ __version__ = "0.1.0"
 
 
 def load_run(path):
-    """Open a run directory for analysis (see `toytasks.run.Run`)."""
-    from .run import load_run as _load_run
+    """Open a run directory for analysis (see `toytasks.analysis.run.Run`)."""
+    from .analysis.run import load_run as _load_run
 
     return _load_run(path)
 
 
 def load_runs(pattern_or_dir):
-    """Open a set of runs, e.g. the seeds or a sweep, as tidy DataFrames (see `toytasks.runs`)."""
-    from .runs import load_runs as _load_runs
+    """Open a set of runs, e.g. the seeds or a sweep, as tidy DataFrames (see `toytasks.analysis.run_set`)."""
+    from .analysis.run_set import load_runs as _load_runs
 
     return _load_runs(pattern_or_dir)
 
 
 def latest_run(experiment, out_dir="checkpoints"):
     """The path of the newest run of an experiment, e.g. `latest_run("grokking_cpu")`."""
-    from .runs import latest_run as _latest_run
+    from .analysis.run_set import latest_run as _latest_run
 
     return _latest_run(experiment, out_dir)
 

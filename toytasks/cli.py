@@ -66,15 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from .config import load_config
-    from .train import global_rank, train
+    from .training import global_rank, train_runs
 
     config = load_config(args.config, args.overrides)
-    if config.seeds is not None:
-        from .ensemble import train_ensemble
-
-        run_dirs = train_ensemble(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    else:
-        run_dirs = [train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)]
+    run_dirs = train_runs(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if global_rank() == 0:  # further DDP processes run this command too
         for run_dir in run_dirs:
             print(f"run: {run_dir}")
@@ -99,12 +94,13 @@ def _sweep(args) -> int:
 
 
 def _measure(args) -> int:
-    from .measures.offline import measure_run
-    from .run import load_run
+    from .analysis.offline import measure_run
+    from .analysis.run import load_run
 
     for run_dir in args.run_dirs:
-        names = measure_run(load_run(run_dir), progress=not args.no_progress)
-        print(f"wrote {len(names)} measures into {run_dir}/metrics.csv")
+        run = load_run(run_dir)
+        names = measure_run(run, progress=not args.no_progress)
+        print(f"wrote {len(names)} measures into {run.paths.metrics}")
     return 0
 
 
@@ -114,12 +110,12 @@ def _plot(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window (notebooks keep their inline backend)
-    from .plots import plot_run
-    from .run import load_run
-    from .sweep_plot import plot_sweep_dir
+    from .analysis.figures import plot_run, plot_sweep_dir
+    from .analysis.run import load_run
+    from .layout import RunPaths
 
     for run_dir in args.run_dirs:
-        is_run = (Path(run_dir) / "config.yaml").is_file() or not Path(run_dir).is_dir()
+        is_run = RunPaths(run_dir).is_run() or not Path(run_dir).is_dir()
         for path in plot_run(load_run(run_dir)) if is_run else plot_sweep_dir(run_dir):
             print(path)
     return 0

@@ -17,9 +17,6 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from .errors import ConfigError, ToytasksError, first_line
-from .measures.brackets import BracketsConfig, check_applies as check_brackets_applies
-from .measures.fourier import FourierConfig, check_applies as check_fourier_applies
-from .measures.heads import HeadsConfig, check_applies as check_heads_applies
 from .schema import build, to_plain
 from .tasks import Task, task_from_config
 
@@ -54,11 +51,17 @@ class ModelConfig:
     """Positional embeddings set to zero and frozen (the no-position experiment)."""
     seed: Optional[int] = None
     """Seed of the weight initialisation; null means the run's top-level seed."""
+    init: str = "hooked"
+    """Initial weights: `hooked`, exactly those TransformerLens 3's `HookedTransformer(cfg)` draws for
+    the same architecture and seed (the seed notebooks' models: every W_* from N(0, 0.8/sqrt(d_model))
+    in its order); `native`, TransformerLens 4's `boot_native` (which also scales W_O and W_out by
+    1/sqrt(2 n_layers)). Biases start at zero and LayerNorm weights at one with both."""
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        _check_choice("init", self.init, ("hooked", "native"))
         _check_choice("act_fn", self.act_fn, ACTIVATIONS)
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
         _check_choice("attention", self.attention, ATTENTION)
@@ -114,18 +117,15 @@ class CheckpointConfig:
             if step < 0:
                 raise ConfigError(f"steps[{i}]", f"must be non-negative, got {step}")
 
-
-@dataclasses.dataclass(frozen=True)
-class MeasuresConfig:
-    """Progress measures computed during training; a measure left null is off."""
-
-    fourier: Optional[FourierConfig] = None
-    """Modular addition's Fourier measures (restricted / excluded loss, key frequencies, ...)."""
-    heads: Optional[HeadsConfig] = None
-    """Attention-head scores (previous-token, duplicate-token, induction), attention to BOS,
-    loss by position and the in-context-learning score, for sampled causal tasks."""
-    brackets: Optional[BracketsConfig] = None
-    """The bracket classifier's accuracy and logit difference by kind, length and depth."""
+    def schedule(self, max_steps: int) -> list[int]:
+        """The sorted steps of the series: 0, every `every`, the log-spaced ones, the extras, the last."""
+        steps = set(range(0, max_steps + 1, self.every)) | {0, max_steps} | set(self.steps)
+        if self.log_spaced:
+            power = 1
+            while power < min(self.every, max_steps):
+                steps.add(power)
+                power *= 2
+        return sorted(steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +173,10 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     checkpoints: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    measures: MeasuresConfig = dataclasses.field(default_factory=MeasuresConfig)
+    measures: dict[str, dict] = dataclasses.field(default_factory=dict)
+    """Progress measures computed during training, by name, each with its options:
+    `{fourier: {}, heads: {every: 50}}`. Each is one file in toytasks/measures/, which documents
+    its options and checks that it applies to the task and model; one left out (or null) is off."""
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     batch_size: Optional[int] = None
     """Examples per step; null trains on the whole train split every step (full batch)."""
@@ -201,12 +204,9 @@ class Config:
         late = [s for s in self.checkpoints.steps if s > self.max_steps]
         if late:
             raise ConfigError("checkpoints.steps", f"step {late[0]} is past max_steps={self.max_steps}")
-        if self.measures.fourier is not None:
-            check_fourier_applies(self.task, self.model)
-        if self.measures.heads is not None:
-            check_heads_applies(self.task, self.model)
-        if self.measures.brackets is not None:
-            check_brackets_applies(self.task, self.model)
+        for name, options in self.measures.items():
+            if not isinstance(options, dict):
+                raise ConfigError(f"measures.{name}", f"expected a mapping of options (or null for off), got {options!r}")
         if not self.experiment or "/" in self.experiment:
             raise ConfigError("experiment", f"must be a non-empty name without '/', got {self.experiment!r}")
         if self.trainer.world_size > 1 and self.on_nonfinite == "skip":
@@ -270,7 +270,11 @@ def config_from_dict(data: Any) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("", f"a config must be a mapping of fields, got {type(data).__name__}")
     task = task_from_config(data.get("task"))
-    return build(Config, {**data, "task": task})
+    measures = data.get("measures") or {}
+    if not isinstance(measures, dict):
+        raise ConfigError("measures", f"expected a mapping of measure names to options, got {measures!r}")
+    measures = {str(name): options for name, options in measures.items() if options is not None}  # null: off
+    return build(Config, {**data, "task": task, "measures": measures})
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:

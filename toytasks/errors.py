@@ -25,6 +25,6 @@ class ConfigError(ToytasksError):
 class NonFiniteLoss(ToytasksError):
     """Training produced a NaN or infinite loss and stopped (exit code 3)."""
 
-    def __init__(self, step: int, message: str = ""):
-        self.step = step
+    def __init__(self, step: int, message: str = "", run: int = 0):
+        self.step, self.run = step, run  # run: which of the runs trained together
         super().__init__(message or f"non-finite training loss at step {step}")

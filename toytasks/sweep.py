@@ -32,10 +32,11 @@ from typing import Any, Callable, Sequence
 
 from .config import Config, apply_overrides, config_from_dict, read_yaml, set_dotted
 from .errors import ToytasksError
-from .rundir import prepare_run_dir, read_meta
+from .measures import check_measures
+from .layout import RunPaths
+from .storage import prepare_run_dir, read_meta
 
 SWEEP_KEYS = ("base", "experiment", "overrides", "grid")
-LOG = "train.log"  # a worker's output, in its point's (first) run directory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
             set_dotted(data, key, value, f"{path}: grid.{key}")
         try:
             config = config_from_dict(data)
+            check_measures(config)
         except ToytasksError as error:
             label = " ".join(f"{k}={v}" for k, v in values.items())
             raise ToytasksError(f"{path}: point {index} ({label}): {error}") from None
@@ -146,13 +148,9 @@ def train_point(point: Point, progress: bool = True) -> list[Path]:
     config = point.config
     if point.status() == "finished":
         return point.run_dirs
-    if config.seeds is not None:
-        from .ensemble import train_ensemble
+    from .training import train_runs
 
-        return train_ensemble(config, resume=True, progress=progress)
-    from .train import train
-
-    return [train(config, resume=True, progress=progress)]
+    return train_runs(config, resume=True, progress=progress)
 
 
 def list_points(sweep: Sweep) -> list[str]:
@@ -191,7 +189,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print) -
         verb = "start" if statuses[point.index] == "new" else "resume"
         with lock:
             say(f"[{point.index + 1}/{total}] {verb}  {point.run_dirs[0]}  {point.label}")
-        log = point.run_dirs[0] / LOG
+        log = RunPaths(point.run_dirs[0]).train_log
         started = time.time()
         command = [sys.executable, "-m", "toytasks.cli", "sweep", str(sweep.path), *sweep.overrides,
                    "--index", str(point.index), "--no-progress"]

@@ -12,25 +12,12 @@ of the maximum nesting depth (`depth_0-1`, `depth_2-3`, ..., `depth_8+`).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from . import MeasureConfig
+from . import Measure, MeasureOptions, register
 
 DEPTH_EDGES = (0, 2, 4, 6, 8)  # bucket i holds depths in [edge_i, edge_i+1); the last is open
-
-
-@dataclasses.dataclass(frozen=True)
-class BracketsConfig(MeasureConfig):
-    pass
-
-
-def check_applies(task, model_cfg) -> None:
-    if task.name != "brackets":
-        raise ConfigError("measures.brackets", f"needs the brackets task, not {task.name}")
 
 
 def length_buckets(max_length: int, n: int = 4) -> list[tuple[int, int]]:
@@ -92,16 +79,26 @@ def unbalanced_contributions(model, tokens: torch.Tensor, attention_mask: torch.
     return {name: c - c[balanced].mean() for name, c in contributions.items()}, direction, r2
 
 
-class BracketMeasures:
-    """Accuracy and logit difference per group, on a stored test split."""
+@register
+class BracketMeasures(Measure):
+    """Accuracy and logit difference per group, on the stored test split."""
 
-    def __init__(self, task, split):
-        self.task = task
+    name = "brackets"
+    Options = MeasureOptions
+    prefixes = ("brackets/",)
+
+    @classmethod
+    def why_not(cls, task, model_cfg):
+        return None if task.name == "brackets" else f"needs the brackets task, not {task.name}"
+
+    def __init__(self, options, config, dataset=None):
+        super().__init__(options, config, dataset)
+        split = dataset["test"]
         columns = split.with_format("torch", columns=["tokens", "attention_mask", "label"])[:]
         self.tokens = columns["tokens"]  # [batch, n_ctx]
         self.attention_mask = columns["attention_mask"]  # [batch, n_ctx]
         self.label = columns["label"]  # [batch]
-        self.masks = group_masks(split, task.max_length)
+        self.masks = group_masks(split, self.task.max_length)
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, torch.Tensor]:
@@ -118,3 +115,32 @@ class BracketMeasures:
             values[f"brackets/acc/{name}"] = correct[mask].mean()
             values[f"brackets/logit_diff/{name}"] = diff[mask].mean()
         return values
+
+    @classmethod
+    def figures(cls, run) -> dict:
+        if "brackets/acc/all" not in run.metrics.columns:
+            return {}
+        return {"brackets_accuracy.png": accuracy_figure(run.metrics)}
+
+
+def accuracy_figure(metrics):
+    """Test error (1 - accuracy) of a bracket classifier over training, by kind, length and depth.
+    The error, on a log-like scale: past 99% accuracy the differences between groups are in it."""
+    from ..plots import plt
+
+    panels = (("kind", ("all", "balanced", "total", "negative", "both", "near_miss")),
+              ("length", sorted(c[13:] for c in metrics.columns if c.startswith("brackets/acc/len_"))),
+              ("nesting depth", sorted((c[13:] for c in metrics.columns if c.startswith("brackets/acc/depth_")),
+                                       key=lambda g: int(g[6:].split("-")[0].rstrip("+")))))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
+    for ax, (title, groups) in zip(axes, panels):
+        for group in groups:
+            column = f"brackets/acc/{group}"
+            if column in metrics.columns:
+                rows = metrics.dropna(subset=[column])
+                ax.plot(rows["step"], 1 - rows[column], marker=".", label=group.replace("_", " "))
+        ax.set(xlabel="step", title=f"Test error by {title}", ylim=(0, 1.05))
+        ax.set_yscale("symlog", linthresh=1e-3)  # zero error stays on the plot
+        ax.legend(fontsize=8, loc="upper right")
+    axes[0].set_ylabel("1 - accuracy")
+    return fig

@@ -1,234 +1,256 @@
-"""Grokking progress measures for modular addition (Nanda et al. 2023; the seed's Grokking_Demo).
+"""The grokking progress measures of modular addition (Nanda et al. 2023; the seed's Grokking_Demo).
 
-Every definition follows the seed notebook ("Analyse Neurons", "Black Box Methods + Progress
-Measures"), vectorised over neurons and frequencies and kept on the model's device:
+From one forward pass over all p*p pairs (toytasks/fourier.py has the definitions). The seed's
+measures, under the seed's names, with ONE fixed set of key frequencies: `key_freqs` when the
+config gives them (e.g. the seed's [17, 25, 32, 47]), else the final model's, found when training
+ends and applied to the whole saved series then (as the paper plots them):
 
-- the Fourier basis over 0..p-1: constant, then sin k and cos k for k = 1..p//2, each row
-  normalised;
-- each neuron's fraction of variance explained by frequency k (its 2-D Fourier transform over
-  (a, b) with the constant term removed; the 3x3 block {const, sin k, cos k}^2); key frequencies
-  are those that explain at least `threshold` of the variance of enough neurons;
-- restricted loss (test split): the final-position MLP activations keep only their mean and
-  their cos(w(a+b)), sin(w(a+b)) components at the key frequencies, go through W_out W_U, and the
-  logits get the seed's bias correction (plus the mean original logit minus the mean new logit);
-- excluded loss (train split): those components are removed from the activations, the rest of
-  the residual stream (resid_mid) is kept;
-- logit periodicity: the cosine similarity of the logit cube L[a, b, c] with cos(w(a+b-c)) for
-  every frequency, and the residual fraction |L - sum over key k of its projections| / |L|;
-- the Gini coefficient of the norms of W_E in the Fourier basis (sparsity of the embedding).
+    fourier/restricted_loss       test loss with the final-position MLP activations restricted to
+                                  their mean and the key frequencies' cos/sin(w(a+b)) components
+                                  (`get_restricted_loss`, with its bias correction)
+    fourier/excluded_loss         train loss with those components removed (`get_excluded_loss`)
+    fourier/logit_residual_frac   |logits - their key-frequency cos(w(a+b-c)) parts| / |logits|
 
-Key frequencies are held as a boolean mask over 1..p//2, so nothing here needs their number on
-the host: no device sync until the values are logged.
+At every measure step, the seed's measures that need no key frequencies:
+
+    fourier/logit_cos_sim/k<k>             cosine similarity of the logits with cos(w_k(a+b-c))
+                                           (`get_cos_sim`)
+    fourier/logit_residual_frac_all_freqs  what all p//2 frequencies leave (`get_residual_cos_sim`)
+
+and toytasks' own, which use each checkpoint's detected key frequencies (none at step 0):
+
+    fourier/n_key_freqs, fourier/key_freq/k<k>, fourier/frac_neurons_key
+    fourier/restricted_loss_live_freqs, fourier/excluded_loss_live_freqs,
+    fourier/logit_residual_frac_live_freqs, fourier/embed_gini
+
+phases.json holds the estimated phase boundaries (toytasks/phases.py) and the key frequencies.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
+from typing import Callable, Optional
 
 import torch
 
+from .. import fourier as F
 from ..errors import ConfigError
-from . import MeasureConfig
+from ..phases import estimate_phases
+from . import Measure, MeasureOptions, register
 
 NEURON_HOOK = "blocks.0.mlp.hook_post"
 RESID_MID_HOOK = "blocks.0.hook_resid_mid"
 
 
 @dataclasses.dataclass(frozen=True)
-class FourierConfig(MeasureConfig):
+class FourierOptions(MeasureOptions):
     threshold: float = 0.5
     """A neuron belongs to frequency k when k explains at least this fraction of its variance."""
     min_neuron_frac: float = 0.01
     """k is a key frequency when at least this fraction of all neurons belong to it."""
+    key_freqs: Optional[list[int]] = None
+    """The key frequencies of the seed's measures (the seed's run: [17, 25, 32, 47]); null: those
+    the final model's neurons show, found when training ends."""
 
     def __post_init__(self):
         super().__post_init__()
+        for i, k in enumerate(self.key_freqs or []):
+            if k < 1:
+                raise ConfigError(f"key_freqs[{i}]", f"must be a frequency from 1 to p//2, got {k}")
         if not 0 < self.threshold <= 1:
             raise ConfigError("threshold", f"must be in (0, 1], got {self.threshold}")
         if not 0 < self.min_neuron_frac <= 1:
             raise ConfigError("min_neuron_frac", f"must be in (0, 1], got {self.min_neuron_frac}")
 
 
-def check_applies(task, model_cfg) -> None:
-    """The measures read one MLP layer's neurons and W_out W_U directly: the seed's architecture."""
-    if task.name != "modular_addition":
-        raise ConfigError("measures.fourier", f"applies to modular_addition, not {task.name}")
-    if task.p % 2 == 0:
-        raise ConfigError("measures.fourier", f"needs an odd modulus (sin(p/2) vanishes), got p={task.p}")
-    if model_cfg.n_layers != 1 or model_cfg.attn_only or model_cfg.normalization is not None:
-        raise ConfigError("measures.fourier", "needs a 1-layer model with an MLP and no normalization "
-                          "(the logits must be (resid_mid + post @ W_out) @ W_U, as in the seed)")
-
-
-# --- the pieces, each a pure function of tensors ------------------------------------------------
-
-def fourier_basis(p: int, device=None) -> torch.Tensor:
-    """[p, p]: rows constant, sin 1, cos 1, sin 2, cos 2, ..., normalised (the seed's order)."""
-    x = torch.arange(p, device=device, dtype=torch.float32)
-    freqs = torch.arange(1, p // 2 + 1, device=device, dtype=torch.float32)[:, None]
-    angles = 2 * torch.pi * freqs * x / p  # [p//2, p]
-    rows = torch.stack([torch.sin(angles), torch.cos(angles)], dim=1).flatten(0, 1)  # sin1, cos1, ...
-    basis = torch.cat([torch.ones(1, p, device=device), rows])
-    return basis / basis.norm(dim=-1, keepdim=True)
-
-
-def fourier_basis_names(p: int) -> list[str]:
-    return ["Constant"] + [f"{trig} {k}" for k in range(1, p // 2 + 1) for trig in ("Sin", "Cos")]
-
-
-def neuron_freq_fractions(neuron_acts: torch.Tensor, p: int) -> torch.Tensor:
-    """[p//2, d_mlp]: fraction of each neuron's variance over (a, b) explained by frequency k.
-
-    neuron_acts: [p*p, d_mlp], rows in (a, b) order. The seed's "Neuron Clusters" cell.
-    """
-    basis = fourier_basis(p, neuron_acts.device)
-    grid = neuron_acts.T.reshape(-1, p, p)  # [neuron, a, b]
-    spectrum = basis @ grid @ basis.T  # [neuron, fa, fb]
-    spectrum[:, 0, 0] = 0.0  # the mean: "Center these by removing the mean"
-    power = spectrum.pow(2)
-    k = torch.arange(p // 2, device=power.device)
-    block = torch.stack([torch.zeros_like(k), 2 * k + 1, 2 * k + 2], dim=1)  # [p//2, 3]: const, sin, cos
-    per_freq = power[:, block[:, :, None], block[:, None, :]].sum(dim=(-1, -2))  # [neuron, p//2]
-    return (per_freq / power.sum(dim=(-1, -2))[:, None]).T
-
-
-def key_freq_mask(fractions: torch.Tensor, threshold: float, min_neuron_frac: float) -> torch.Tensor:
-    """[p//2] bool: frequencies that at least `min_neuron_frac` of the neurons belong to."""
-    best_frac, best_freq = fractions.nan_to_num(0.0).max(dim=0)  # [d_mlp]; dead neurons are NaN
-    belongs = torch.nn.functional.one_hot(best_freq, fractions.shape[0]) * (best_frac >= threshold)[:, None]
-    min_neurons = max(1, math.ceil(min_neuron_frac * fractions.shape[1]))
-    return belongs.sum(dim=0) >= min_neurons
-
-
-def sum_directions(p: int, device=None) -> torch.Tensor:
-    """[p//2, 2, p*p]: cos(w(a+b)) and sin(w(a+b)) over the (a, b) grid, each normalised."""
-    s = (torch.arange(p, device=device)[:, None] + torch.arange(p, device=device)[None, :]).flatten()
-    freqs = torch.arange(1, p // 2 + 1, device=device)[:, None]
-    angles = 2 * torch.pi / p * (freqs * s)
-    directions = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
-    return directions / directions.norm(dim=-1, keepdim=True)
-
-
-def key_components(neuron_acts: torch.Tensor, mask: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """[p*p, d_mlp]: the part of the activations along the key frequencies' cos/sin(w(a+b))."""
-    coefficients = torch.einsum("kti,in->ktn", directions, neuron_acts)  # [p//2, 2, d_mlp]
-    coefficients = coefficients * mask[:, None, None]
-    return torch.einsum("kti,ktn->in", directions, coefficients)
-
-
-def cross_entropy64(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The seed's loss_fn: mean negative log-probability of the label, in float64."""
-    log_probs = logits.to(torch.float64).log_softmax(dim=-1)
-    return -log_probs.gather(dim=-1, index=labels[:, None])[:, 0].mean()
-
-
-def logit_periodicity(logits: torch.Tensor, mask: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarity of the logit cube L[a, b, c] with cos(w(a+b-c)) for every frequency
-    [p//2], and the residual fraction |L - sum over key k of its projection| / |L| (the seed's
-    "Logit Periodicity" cells).
-
-    cos(w(a+b-c)) = cos(w(a+b)) cos(wc) + sin(w(a+b)) sin(wc), so the projections are computed
-    without building the seed's [p//2, p, p, p] cube. logits: [p*p, p], rows in (a, b) order.
-    """
-    logits = logits.to(torch.float64)
-    x = torch.arange(p, device=logits.device, dtype=torch.float64)
-    w = 2 * torch.pi / p * torch.arange(1, p // 2 + 1, device=logits.device, dtype=torch.float64)[:, None]
-    s = (x[:, None] + x[None, :]).flatten()  # a + b, [p*p]
-    u = torch.stack([torch.cos(w * s), torch.sin(w * s)], dim=1)  # [p//2, 2, p*p]
-    v = torch.stack([torch.cos(w * x), torch.sin(w * x)], dim=1)  # [p//2, 2, p]
-    dot = torch.einsum("kti,ic,ktc->k", u, logits, v)  # <L, cube_k>
-    cube_sq_norm = (torch.einsum("kti,kui->ktu", u, u) * torch.einsum("ktc,kuc->ktu", v, v)).sum((-1, -2))
-    coefficients = dot / cube_sq_norm.sqrt()  # projections onto the normalised cubes
-    total = logits.pow(2).sum()
-    # The cubes of distinct frequencies are orthogonal, so the residual norm follows directly.
-    residual = (total - (coefficients.pow(2) * mask).sum()).clamp_min(0).sqrt()
-    return coefficients / total.sqrt(), residual / total.sqrt()
-
-
-def gini(x: torch.Tensor) -> torch.Tensor:
-    """Gini coefficient of non-negative values: 0 when equal, near 1 when one dominates."""
-    x = x.sort().values
-    n = x.numel()
-    ranks = torch.arange(1, n + 1, device=x.device, dtype=x.dtype)
-    return ((2 * ranks - n - 1) * x).sum() / (n * x.sum())
-
-
-# --- the measure: fixed evaluation data plus one forward pass ------------------------------------
-
-class FourierMeasures:
+@register
+class FourierMeasure(Measure):
     """The measures of one modular-addition task, on all p*p pairs in (a, b) order."""
 
-    def __init__(self, task, cfg: FourierConfig):
-        p = self.p = task.p
-        self.cfg = cfg
+    name = "fourier"
+    Options = FourierOptions
+    prefixes = ("fourier/",)
+    summary_file = "phases.json"
+
+    @classmethod
+    def why_not(cls, task, model_cfg):
+        # The measures read one MLP layer's neurons and W_out W_U directly: the seed's architecture.
+        if task.name != "modular_addition":
+            return f"applies to modular_addition, not {task.name}"
+        if task.p % 2 == 0:
+            return f"needs an odd modulus (sin(p/2) vanishes), got p={task.p}"
+        if model_cfg.n_layers != 1 or model_cfg.attn_only or model_cfg.normalization is not None:
+            return ("needs a 1-layer model with an MLP and no normalization "
+                    "(the logits must be (resid_mid + post @ W_out) @ W_U, as in the seed)")
+        return None
+
+    @classmethod
+    def check_options(cls, options: FourierOptions, task) -> None:
+        for i, k in enumerate(options.key_freqs or []):
+            if k > task.p // 2:
+                raise ConfigError(f"measures.fourier.key_freqs[{i}]", f"must be at most p//2 = {task.p // 2}, got {k}")
+
+    def __init__(self, options: FourierOptions, config, dataset=None):
+        super().__init__(options, config, dataset)
+        p = self.p = self.task.p
         a = torch.arange(p).repeat_interleave(p)
         b = torch.arange(p).repeat(p)
         self.tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)  # [p*p, 3]
         self.labels = (a + b) % p
-        self.train_idx, self.test_idx = task.split_indices()
-        self.basis = fourier_basis(p)
-        self.directions = sum_directions(p)
+        self.train_idx, self.test_idx = self.task.split_indices()
+        self.basis = F.fourier_basis(p)
+        self.directions = F.sum_directions(p)
+        self.fixed_mask = None  # [p//2] bool: the configured key frequencies
+        if options.key_freqs:
+            self.fixed_mask = torch.zeros(p // 2, dtype=torch.bool)
+            self.fixed_mask[[k - 1 for k in options.key_freqs]] = True
 
     def _follow(self, model) -> None:
         """Keep the fixed data on the model's device (moved once, on first use there)."""
         device = model.W_E.device
         if self.tokens.device != device:
-            for name in ("tokens", "labels", "train_idx", "test_idx", "basis", "directions"):
-                setattr(self, name, getattr(self, name).to(device))
+            for name in ("tokens", "labels", "train_idx", "test_idx", "basis", "directions", "fixed_mask"):
+                if getattr(self, name) is not None:
+                    setattr(self, name, getattr(self, name).to(device))
 
     @torch.no_grad()
-    def __call__(self, model, final_mask: torch.Tensor | None = None, live: bool = True) -> dict[str, torch.Tensor]:
-        """Named 0-d tensors on the model's device, from one forward pass: the live measures (key
-        frequencies of this model), and with `final_mask` also the losses restricted to / excluding
-        those frequencies (the `_final_freqs` measures)."""
+    def __call__(self, model, key_mask: torch.Tensor | None = None, live: bool = True) -> dict[str, torch.Tensor]:
+        """Named 0-d tensors on the model's device, from one forward pass: the seed's measures with
+        `key_mask` (by default the configured key frequencies, if any), and with `live` those of
+        every checkpoint (the per-frequency ones, and the live-frequency variants)."""
         self._follow(model)
+        key_mask = self.fixed_mask if key_mask is None else key_mask
         logits, cache = model.run_with_cache(self.tokens, names_filter=[NEURON_HOOK, RESID_MID_HOOK])
-        logits = logits[:, -1]  # [p*p, p]
-        acts = cache[NEURON_HOOK][:, -1]  # [p*p, d_mlp]
-        resid_mid = cache[RESID_MID_HOOK][:, -1]  # [p*p, d_model]
-        W_out, W_U = model.blocks[0].mlp.W_out, model.unembed.W_U
+        parts = _Parts(logits[:, -1], cache[NEURON_HOOK][:, -1], cache[RESID_MID_HOOK][:, -1], model)
+        coefficients, total = F.logit_cos_coefficients(parts.logits, self.p)
         values = {}
-        if final_mask is not None:
-            restricted, excluded = self._losses(logits, acts, resid_mid, W_out, W_U, final_mask)
-            values["fourier/restricted_loss_final_freqs"] = restricted
-            values["fourier/excluded_loss_final_freqs"] = excluded
+        if key_mask is not None:
+            values.update(self._with_freqs(parts, coefficients, total, key_mask, suffix=""))
         if not live:
             return values
-
-        fractions = neuron_freq_fractions(acts, self.p)  # [p//2, d_mlp]
+        fractions = F.neuron_freq_fractions(parts.acts, self.p)  # [p//2, d_mlp]
         mask = self.key_mask(fractions)
-        restricted, excluded = self._losses(logits, acts, resid_mid, W_out, W_U, mask)
-        cos_sims, residual_frac = logit_periodicity(logits, mask, self.p)
         best_frac, best_freq = fractions.nan_to_num(0.0).max(dim=0)
+        values.update(self._with_freqs(parts, coefficients, total, mask, suffix="_live_freqs"))
         values.update({
-            "fourier/restricted_loss": restricted,
-            "fourier/excluded_loss": excluded,
             "fourier/n_key_freqs": mask.sum(),
-            "fourier/frac_neurons_key": ((best_frac >= self.cfg.threshold) & mask[best_freq]).float().mean(),
-            "fourier/embed_gini": gini((self.basis @ model.W_E[:-1]).norm(dim=-1)),
-            "fourier/logit_residual_frac": residual_frac,
+            "fourier/frac_neurons_key": ((best_frac >= self.options.threshold) & mask[best_freq]).float().mean(),
+            "fourier/embed_gini": F.gini((self.basis @ model.W_E[:-1]).norm(dim=-1)),
+            "fourier/logit_residual_frac_all_freqs": F.residual_frac(coefficients, total, torch.ones_like(mask)),
         })
+        cos_sims = coefficients / total.sqrt()
         for k in range(1, self.p // 2 + 1):
             values[f"fourier/logit_cos_sim/k{k}"] = cos_sims[k - 1]
             values[f"fourier/key_freq/k{k}"] = mask[k - 1]
         return values
 
     def key_mask(self, fractions: torch.Tensor) -> torch.Tensor:
-        return key_freq_mask(fractions, self.cfg.threshold, self.cfg.min_neuron_frac)
+        return F.key_freq_mask(fractions, self.options.threshold, self.options.min_neuron_frac)
 
     @torch.no_grad()
     def final_key_mask(self, model) -> torch.Tensor:
+        """The configured key frequencies, or those of `model` (the final one)."""
         self._follow(model)
+        if self.fixed_mask is not None:
+            return self.fixed_mask
         _, cache = model.run_with_cache(self.tokens, names_filter=[NEURON_HOOK])
-        return self.key_mask(neuron_freq_fractions(cache[NEURON_HOOK][:, -1], self.p))
+        return self.key_mask(F.neuron_freq_fractions(cache[NEURON_HOOK][:, -1], self.p))
 
-    def _losses(self, logits, acts, resid_mid, W_out, W_U, mask):
-        key = key_components(acts, mask, self.directions)
+    def _with_freqs(self, parts: "_Parts", coefficients, total, mask, suffix: str) -> dict[str, torch.Tensor]:
+        """The measures that depend on a set of key frequencies (a [p//2] mask)."""
+        key = F.key_components(parts.acts, mask, self.directions)
+        W_out, W_U = parts.model.blocks[0].mlp.W_out, parts.model.unembed.W_U
         # Restricted: keep the mean and the key components; the seed's bias correction.
-        restricted_logits = (acts.mean(dim=0) + key) @ W_out @ W_U
-        restricted_logits = restricted_logits + logits.mean(0, keepdim=True) - restricted_logits.mean(0, keepdim=True)
-        restricted = cross_entropy64(restricted_logits[self.test_idx], self.labels[self.test_idx])
-        # Excluded: remove the key components, keep the rest of the residual stream.
-        excluded_logits = ((acts - key) @ W_out + resid_mid) @ W_U
-        excluded = cross_entropy64(excluded_logits[self.train_idx], self.labels[self.train_idx])
-        return restricted, excluded
+        restricted_logits = (parts.acts.mean(dim=0) + key) @ W_out @ W_U
+        restricted_logits = restricted_logits + parts.logits.mean(0, keepdim=True) - restricted_logits.mean(0, keepdim=True)
+        # Excluded: remove the key components, keep the rest of the residual stream. The seed
+        # leaves out the biases (frozen at zero in its model); with them the logits are the model's.
+        resid = (parts.acts - key) @ W_out + parts.model.blocks[0].mlp.b_out + parts.resid_mid
+        excluded_logits = resid @ W_U + parts.model.unembed.b_U
+        return {
+            f"fourier/restricted_loss{suffix}": F.cross_entropy64(restricted_logits[self.test_idx], self.labels[self.test_idx]),
+            f"fourier/excluded_loss{suffix}": F.cross_entropy64(excluded_logits[self.train_idx], self.labels[self.train_idx]),
+            f"fourier/logit_residual_frac{suffix}": F.residual_frac(coefficients, total, mask),
+        }
+
+    # --- over the series ---------------------------------------------------------------------------
+    def after_training(self, model_at: Callable, steps: list[int], final_model) -> dict[int, dict]:
+        """The seed's measures at every saved step, with the final model's key frequencies (with
+        configured ones, they were logged during training)."""
+        if self.fixed_mask is not None:
+            return {}
+        mask = self.final_key_mask(final_model)
+        return {step: {k: v.item() for k, v in self(model_at(step), key_mask=mask, live=False).items()}
+                for step in steps}
+
+    def measure_series(self, model_at: Callable, steps: list[int]) -> dict[int, dict]:
+        # One load and one forward pass per checkpoint: the seed's and the live values together.
+        mask = self.final_key_mask(model_at(steps[-1]))
+        return {step: {k: v.item() for k, v in self(model_at(step), key_mask=mask).items()} for step in steps}
+
+    @classmethod
+    def summary(cls, options, metrics) -> dict:
+        """The phases, and the key frequencies the seed's measures used."""
+        last = metrics.dropna(subset=["fourier/n_key_freqs"]) if "fourier/n_key_freqs" in metrics else metrics.iloc[:0]
+        detected = sorted(int(c.rsplit("k", 1)[1]) for c in metrics.columns
+                          if c.startswith("fourier/key_freq/k") and len(last) and last[c].iloc[-1] > 0)
+        return {**estimate_phases(metrics), "key_freqs": options.key_freqs or detected}
+    # --- figures -----------------------------------------------------------------------------------
+    @classmethod
+    def figures(cls, run) -> dict:
+        figures = {}
+        phases = estimate_phases(run.metrics)
+        if "fourier/restricted_loss" in run.metrics.columns or "fourier/restricted_loss_live_freqs" in run.metrics:
+            figures["restricted_excluded_loss.png"] = restricted_excluded(run.metrics, phases)
+        if run.steps:
+            figures["embed_fourier_norms.png"] = embedding_fourier_norms(run)
+        return figures
+
+
+def restricted_excluded(metrics, phase_steps: dict):
+    """The seed's "Excluded and Restricted Loss Curve" (log y), with the phase boundaries."""
+    from ..plots import phase_lines, plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for column, label in (("train/loss", "train"), ("val/loss", "test")):
+        rows = metrics.dropna(subset=[column])
+        ax.plot(rows["step"], rows[column], label=label, linewidth=1.2)
+    for column, label, style in (
+        ("fourier/excluded_loss", "excluded", "-"),
+        ("fourier/restricted_loss", "restricted", "-"),
+        ("fourier/excluded_loss_live_freqs", "excluded (each step's own key freqs)", ":"),
+        ("fourier/restricted_loss_live_freqs", "restricted (each step's own key freqs)", ":"),
+    ):
+        if column in metrics.columns:
+            rows = metrics.dropna(subset=[column])
+            ax.plot(rows["step"], rows[column], style, label=label, linewidth=1.5)
+    ax.set(yscale="log", xlabel="step", ylabel="loss", title="Excluded and Restricted Loss Curve")
+    phase_lines(ax, phase_steps)
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def embedding_fourier_norms(run, step: int | None = None):
+    """Norms of W_E (without the `=` token) in the Fourier basis (at the last step unless given),
+    sin and cos per k: the seed's "Norm of embedding of each Fourier Component"."""
+    from ..plots import plt
+
+    p, step = run.task.p, run.steps[-1] if step is None else step
+    with torch.no_grad():
+        norms = (F.fourier_basis(p) @ run.model_at(step).W_E[:-1]).norm(dim=-1)
+    k = torch.arange(1, p // 2 + 1).numpy()
+    fig, ax = plt.subplots(figsize=(12, 4))
+    ax.bar(k - 0.2, norms[1::2].numpy(), width=0.4, label="sin")
+    ax.bar(k + 0.2, norms[2::2].numpy(), width=0.4, label="cos")
+    ax.set(xlabel="frequency k", ylabel="norm", title=f"Norm of the embedding in the Fourier basis (step {step})")
+    ax.legend()
+    return fig
+
+
+@dataclasses.dataclass
+class _Parts:
+    """What one forward pass gives the measures, at the final position."""
+
+    logits: torch.Tensor  # [p*p, p]
+    acts: torch.Tensor  # [p*p, d_mlp]: the MLP neurons
+    resid_mid: torch.Tensor  # [p*p, d_model]
+    model: object

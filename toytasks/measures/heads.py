@@ -29,23 +29,20 @@ the mean loss over the first quarter (negative once later tokens are easier, as 
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from . import MeasureConfig
-from ..files import write_atomically
+from ..phases import first_step_reaching
 from ..tasks import IGNORE
-from .callback import MeasureCallback
+from . import Measure, MeasureOptions, register
 
-HEADS_SUMMARY = "heads.json"
+MEASURE_SEED = 7_919  # added to the run's seed: the fixed evaluation batch
 
 
 @dataclasses.dataclass(frozen=True)
-class HeadsConfig(MeasureConfig):
+class HeadsOptions(MeasureOptions):
     n_sequences: int = 256
     """Size of the fixed evaluation batch (drawn once, from its own generator)."""
     induction_threshold: float = 0.5
@@ -55,13 +52,6 @@ class HeadsConfig(MeasureConfig):
         super().__post_init__()
         if self.n_sequences < 1:
             raise ConfigError("n_sequences", f"must be at least 1, got {self.n_sequences}")
-
-
-def check_applies(task, model_cfg) -> None:
-    if task.finite:
-        raise ConfigError("measures.heads", f"needs a sampled task (previous_token, induction), not {task.name}")
-    if model_cfg.attention != "causal":
-        raise ConfigError("measures.heads", "needs causal attention (the scores read earlier positions)")
 
 
 def head_scores(pattern: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -113,13 +103,28 @@ def icl_score(per_token_loss: torch.Tensor, positions: list[int]) -> torch.Tenso
     return per_token_loss[:, late].mean() - per_token_loss[:, early].mean()
 
 
-class HeadMeasures:
+@register
+class HeadMeasures(Measure):
     """Head scores, attention to BOS, per-position loss and ICL score on a fixed batch."""
 
-    def __init__(self, task, cfg: HeadsConfig, seed: int):
-        self.task, self.cfg = task, cfg
+    name = "heads"
+    Options = HeadsOptions
+    prefixes = ("heads/", "icl/", "attn/", "pos_loss/", "weights/pos_embed_norm", "val/loss/")
+    summary_file = "heads.json"
+
+    @classmethod
+    def why_not(cls, task, model_cfg):
+        if task.finite:
+            return f"needs a sampled task (previous_token, induction), not {task.name}"
+        if model_cfg.attention != "causal":
+            return "needs causal attention (the scores read earlier positions)"
+        return None
+
+    def __init__(self, options: HeadsOptions, config, dataset=None):
+        super().__init__(options, config, dataset)
+        task = self.task
         # Its own generator: the training stream never sees these draws.
-        self.batch = task.sample(cfg.n_sequences, torch.Generator().manual_seed(seed + 7_919))
+        self.batch = task.sample(options.n_sequences, torch.Generator().manual_seed(config.seed + MEASURE_SEED))
         self.positions = (self.batch["targets"] != IGNORE).any(0).nonzero().flatten().tolist()  # scored
         self.groups = task.position_groups(self.batch) if hasattr(task, "position_groups") else {}
 
@@ -153,6 +158,21 @@ class HeadMeasures:
             values["weights/pos_embed_norm"] = model.W_pos.norm()
         return values
 
+    @classmethod
+    def summary(cls, options: HeadsOptions, metrics) -> dict:
+        return {"induction_threshold": options.induction_threshold,
+                "induction_onset_step": induction_onset(metrics, options.induction_threshold)}
+
+    @classmethod
+    def figures(cls, run) -> dict:
+        metrics, figures = run.metrics, {}
+        if any(c.startswith("heads/induction/") for c in metrics.columns):
+            options = run.measure_options(cls.name)
+            figures["head_scores.png"] = head_scores_figure(metrics, cls.summary(options, metrics))
+        if "pos_loss/p1" in metrics.columns:
+            figures["loss_by_position.png"] = loss_by_position(metrics)
+        return figures
+
 
 def best_head(values, kind: str) -> tuple[int, int]:
     """(layer, head) with the highest `heads/<kind>/L<l>H<h>` score in a row of measures."""
@@ -165,28 +185,39 @@ def best_head(values, kind: str) -> tuple[int, int]:
 
 def induction_onset(metrics, threshold: float) -> int | None:
     """The first step at which the best induction score reaches `threshold` (None if never)."""
-    if "heads/induction_max" not in metrics.columns:
-        return None
-    reached = metrics[metrics["heads/induction_max"] >= threshold]
-    return None if reached.empty else int(reached["step"].iloc[0])
+    return first_step_reaching(metrics, "heads/induction_max", threshold)
 
 
-class HeadsCallback(MeasureCallback):
-    """The head measures during training, and `heads.json` (induction onset) when it ends."""
+def head_scores_figure(metrics, summary: dict):
+    """Each head's previous-token, duplicate-token and induction score over training."""
+    from ..plots import phase_lines, plt
 
-    def __init__(self, measures: HeadMeasures, run_dir: Path, steps, every=None):
-        super().__init__(measures, steps=steps, every=every)
-        self.run_dir = Path(run_dir)
+    kinds = ("prev_token", "duplicate_token", "induction")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    for ax, kind in zip(axes, kinds):
+        columns = sorted(c for c in metrics.columns if c.startswith(f"heads/{kind}/"))
+        for column in columns:
+            rows = metrics.dropna(subset=[column])
+            ax.plot(rows["step"], rows[column], label=column.rsplit("/", 1)[1])
+        ax.set(xlabel="step", title=f"{kind.replace('_', '-')} score", ylim=(-0.02, 1.02))
+        if summary.get("induction_onset_step") is not None:
+            phase_lines(ax, {"induction onset": summary["induction_onset_step"]})
+        ax.legend(fontsize=7, ncol=2)
+    axes[0].set_ylabel("score (share of attention)")
+    return fig
 
-    def finish(self, model, loggers) -> None:
-        write_heads_summary(self.run_dir, self.measure.cfg)
 
+def loss_by_position(metrics):
+    """Loss at each position at a few evaluation steps (early positions are the hard ones)."""
+    from ..plots import plt
 
-def write_heads_summary(run_dir: Path, cfg: HeadsConfig) -> dict:
-    import pandas as pd
-
-    metrics = pd.read_csv(run_dir / "metrics.csv")
-    summary = {"induction_threshold": cfg.induction_threshold,
-               "induction_onset_step": induction_onset(metrics, cfg.induction_threshold)}
-    write_atomically(run_dir / HEADS_SUMMARY, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
-    return summary
+    columns = sorted((c for c in metrics.columns if c.startswith("pos_loss/p")), key=lambda c: int(c[10:]))
+    rows = metrics.dropna(subset=columns)
+    picks = rows.iloc[sorted({round(i * (len(rows) - 1) / 5) for i in range(6)})]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    positions = [int(c[10:]) for c in columns]
+    for _, row in picks.iterrows():
+        ax.plot(positions, row[columns].to_numpy(dtype=float), marker=".", label=f"step {int(row['step'])}")
+    ax.set(yscale="log", xlabel="position", ylabel="loss", title="Loss by position")
+    ax.legend()
+    return fig

@@ -42,6 +42,9 @@ class Task:
     # Positions whose targets can be scored. The loss and accuracy look only at these, so a task
     # answering at one position does not pay for a float64 log-softmax at every position.
     scored_positions: ClassVar[slice] = slice(None)
+    # What a sweep's figure shows of a run of this task: its label, and the column of the run-set
+    # summary (toytasks/analysis/run_set.py) that holds it.
+    headline: ClassVar[tuple[str, str]] = ("final test loss", "final/val/loss")
 
     @property
     def d_vocab(self) -> int:

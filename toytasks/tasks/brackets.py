@@ -145,6 +145,7 @@ def _spread(total: int, capacities: list[int]) -> list[int]:
 class Brackets(Task):
     name = "brackets"
     scored_positions = slice(0, 1)
+    headline = ("final test accuracy", "final/val/acc")
 
     max_length: int = 40
     """Longest bracket string (even); n_ctx = max_length + 2."""

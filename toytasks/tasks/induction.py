@@ -39,6 +39,7 @@ from .base import IGNORE, TokenSequenceTask, register
 class Induction(TokenSequenceTask):
     name = "induction"
     scored_positions = slice(0, -1)
+    headline = ("final best induction score", "final/heads/induction_max")
 
     half: int = 20
     """Longest repeated segment; n_ctx = 2 * half + 1."""

@@ -25,6 +25,7 @@ from .base import IGNORE, Task, register
 class ModularAddition(Task):
     name = "modular_addition"
     scored_positions = slice(-1, None)
+    headline = ("grokking step (test accuracy first >= 0.99)", "grokking_step")
 
     p: int = 113
     """The modulus; the vocabulary is 0..p-1 plus `=` (token p)."""

@@ -12,7 +12,7 @@ import functools
 
 import torch
 
-from .module import loss_and_accuracy
+from ..loss import loss_and_accuracy
 
 # The bridge's wrapper hooks (`.hook_in` / `.hook_out`) duplicate the TransformerLens ones, and it
 # has a few that HookedTransformer caches only when asked (split q/k/v inputs, hook_mlp_in, the

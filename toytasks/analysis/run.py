@@ -10,6 +10,8 @@
     run.models()      (step, model) over the series
     run.map(fn, name) fn(model) at every checkpoint as a DataFrame, cached in the run directory
     run.metrics       a pandas DataFrame: a `step` column and one column per metric
+    run.measure(name) a progress measure (toytasks/measures/) built for this run: `run.map(run.measure("heads"), "heads")`
+    run.paths         where its files are (toytasks/layout.py)
 """
 from __future__ import annotations
 
@@ -20,27 +22,26 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from .config import Config, config_from_dict, read_yaml
-from .errors import ToytasksError
-from .files import write_atomically
-from .model import apply_frozen_parts, build_model
-from .series import saved_steps, series_path
-from .tasks import batch_from_split
-from .rundir import CONFIG, DATA_DIR
+from ..config import Config, config_from_dict, read_yaml
+from ..data import sample_seed
+from ..errors import ToytasksError
+from ..files import write_atomically
+from ..layout import RunPaths
+from ..model import apply_frozen_parts, build_model
+from ..storage import load_weights
+from ..tasks import batch_from_split
 
-ANALYSIS_DIR = "analysis"  # run.map's cache: analysis/<name>.csv
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 
 
 class Run:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not (self.path / CONFIG).is_file():
-            raise ToytasksError(f"{self.path}: not a run directory (no {CONFIG})")
-        self.config: Config = config_from_dict(read_yaml(self.path / CONFIG))
+        self.paths = RunPaths(self.path)
+        if not self.paths.is_run():
+            raise ToytasksError(f"{self.path}: not a run directory (no {self.paths.config.name})")
+        self.config: Config = config_from_dict(read_yaml(self.paths.config))
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, task={self.task.name}, steps={len(self.steps)})"
@@ -55,7 +56,7 @@ class Run:
             return None
         from datasets import load_from_disk
 
-        return load_from_disk(str(self.path / DATA_DIR))
+        return load_from_disk(str(self.paths.data))
 
     def batch(self, split: str = "test") -> dict:
         """The `tokens` and `targets` (and `attention_mask`) tensors of a stored split."""
@@ -64,33 +65,35 @@ class Run:
         return batch_from_split(self.dataset[split])
 
     def sample(self, n: int, seed: int = 0) -> dict:
-        """n examples of a sampled task, drawn on the CPU from a generator seeded with `seed`
-        (not the training stream's), so the same call always gives the same batch."""
+        """n examples of a sampled task, drawn on the CPU from a generator seeded from `seed`, so
+        the same call always gives the same batch, and never from one of the run's own data
+        streams (toytasks.data.sample_seed)."""
         if self.task.finite:
             raise ToytasksError(f"{self.path}: {self.task.name} is a finite task; use run.batch(split)")
-        return self.task.sample(n, torch.Generator().manual_seed(seed))
+        try:
+            generator_seed = sample_seed(seed, self.config.seed, self.config.trainer.world_size)
+        except ValueError as error:
+            raise ToytasksError(f"run.sample: {error}") from None
+        return self.task.sample(n, torch.Generator().manual_seed(generator_seed))
 
     @property
     def steps(self) -> list[int]:
         """Steps with a complete series file."""
-        return saved_steps(self.path)
+        return self.paths.saved_steps()
 
     def model_at(self, step: int):
         """The model after `step` optimizer steps, on the CPU, in eval mode."""
-        path = series_path(self.path, step)
+        path = self.paths.series(step)
         if not path.exists():
             raise ToytasksError(f"{path}: no checkpoint at step {step}; saved steps: "
                                 f"{_abbreviate(self.steps)}")
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError) as error:
-            raise ToytasksError(f"{path}: unreadable checkpoint ({error})") from None
+        state = load_weights(path)
         model = build_model(self.config.model, self.task, seed=self.config.model_seed)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
-            first = str(error).strip().splitlines()
-            raise ToytasksError(f"{path}: does not fit this run's model config ({' '.join(first[:2])})") from None
+            lines = str(error).strip().splitlines()
+            raise ToytasksError(f"{path}: does not fit this run's model config ({' '.join(lines[:2])})") from None
         apply_frozen_parts(model, self.config.model)
         return model.eval()
 
@@ -132,7 +135,7 @@ class Run:
 
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ToytasksError(f"run.map: name {name!r} must be a file name: letters, digits, _ . = + -")
-        path = self.path / ANALYSIS_DIR / f"{name}.csv"
+        path = self.paths.analysis / f"{name}.csv"
         wanted = self.select_steps(every, steps)
         cached = pd.read_csv(path) if path.exists() and not recompute else None
         done = set() if cached is None else set(cached["step"])
@@ -156,8 +159,22 @@ class Run:
         """The metrics table; empty (a `step` column only) while the run has logged nothing yet."""
         import pandas as pd
 
-        path = self.path / "metrics.csv"
+        path = self.paths.metrics
         return pd.read_csv(path) if path.exists() else pd.DataFrame({"step": pd.Series([], dtype=int)})
+
+    def measure_options(self, name: str):
+        """A measure's options for this run: as configured, or its defaults."""
+        from ..measures import measure_options
+
+        return measure_options(name, self.config.measures.get(name), self.task, self.config.model)
+
+    def measure(self, name: str):
+        """A progress measure built for this run (its configured options, or the defaults):
+        `measure(model)` gives its values at one checkpoint, e.g. `run.map(run.measure("heads"), "heads")`."""
+        from ..measures import MEASURES
+
+        options = self.measure_options(name)
+        return MEASURES[name](options, self.config, self.dataset)
 
 
 def load_run(path: str | Path) -> Run:

@@ -5,9 +5,10 @@
                     column per field (`optim.weight_decay`, `task.p`, `seed`, ...)
     runs.varying    the config columns whose values differ between the runs
     runs.metrics    every run's metrics table stacked, with `run` and the config columns joined on
-    runs.summary    one row per run: its config columns, its summaries (the grokking phases of a
-                    modular-addition run, heads.json) and the final value of each metric as
-                    `final/<metric>`
+    runs.summary    one row per run: its config columns, when it memorised and grokked
+                    (toytasks/phases.py), the summaries of the measures that apply to it (the
+                    grokking phases, the induction onset, ...) and the final value of each metric
+                    as `final/<metric>`
 
 so that, for a weight-decay sweep, the grokking step against weight decay is one line:
 
@@ -17,14 +18,13 @@ from __future__ import annotations
 
 import functools
 import glob
-import json
 from pathlib import Path
 
-from .errors import ToytasksError
-from .measures.grokking import PHASES
-from .measures.heads import HEADS_SUMMARY
-from .measures.phases import estimate_phases
-from .rundir import CONFIG, META
+from ..errors import ToytasksError
+from ..layout import RunPaths
+from ..measures import MEASURES, applicable
+from ..phases import milestones
+from ..storage import read_meta
 from .run import Run
 
 # Where a run was written, not what it is: left out of `varying`.
@@ -41,7 +41,7 @@ def load_runs(pattern_or_dir) -> "RunSet":
         for path in paths:
             found |= _run_dirs(path)
     if not found:
-        raise ToytasksError(f"no run directory (holding a {CONFIG}) found in {pattern_or_dir}")
+        raise ToytasksError(f"no run directory (holding a config.yaml) found in {pattern_or_dir}")
     return RunSet(Run(path) for path in sorted(found))
 
 
@@ -112,12 +112,9 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 def _summary(run: Run) -> dict:
     metrics = run.metrics
-    row = {"run": str(run.path)}
-    if run.task.name == "modular_addition" and len(metrics):  # grokking's phases; phases.json may be missing
-        row.update(estimate_phases(metrics))
-    for name in (PHASES, HEADS_SUMMARY):
-        if (run.path / name).exists():
-            row.update(json.loads((run.path / name).read_text()))
+    row = {"run": str(run.path), "finished": bool(read_meta(run.path).get("finished")), **milestones(metrics)}
+    for name in applicable(run.config):  # from the table, so also for a run trained without the measure
+        row.update(MEASURES[name].summary(run.measure_options(name), metrics))
     for column in metrics.columns.drop("step"):
         values = metrics[column].dropna()
         row[f"final/{column}"] = values.iloc[-1] if len(values) else float("nan")
@@ -125,13 +122,12 @@ def _summary(run: Run) -> dict:
 
 
 def _run_dirs(path: Path) -> set[Path]:
-    if (path / CONFIG).is_file():
+    if RunPaths(path).is_run():
         return {path}
-    return {config.parent for config in path.rglob(CONFIG)} if path.is_dir() else set()
+    name = RunPaths(path).config.name
+    return {config.parent for config in path.rglob(name)} if path.is_dir() else set()
 
 
 def _started(path: Path) -> tuple:
     """meta.json's start time (second resolution), then the directory's modification time."""
-    meta = path / META
-    started = json.loads(meta.read_text()).get("started", "") if meta.exists() else ""
-    return started, path.stat().st_mtime
+    return read_meta(path).get("started", ""), path.stat().st_mtime

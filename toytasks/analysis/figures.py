@@ -1,75 +1,88 @@
-"""`toytasks plot SWEEP_DIR`: a sweep's headline number against the swept value, with the spread
-over seeds, in SWEEP_DIR/plots/sweep.png (and the numbers in sweep.csv beside it).
+"""The figures `toytasks plot` writes.
 
-A sweep directory is one holding run directories (checkpoints/<experiment>/). Each run gives one
-row: `run`, its config flattened to dotted columns (`optim.weight_decay`, `seed`, ...) and its
-task's headline number (HEADLINES). The swept values are the config columns that differ between
-runs, seeds aside; the one with the most values is the x axis, any others split the runs into
-lines.
+For a run (`toytasks plot RUN_DIR`): the loss and accuracy curves, then each applicable measure's
+own figures (toytasks/measures/), into RUN_DIR/plots/.
 
-`run_table` is `load_runs(...).configs` (toytasks/runs.py) with two columns added: whether each
-run has finished, and its headline number.
+For a directory of runs, e.g. a sweep's (`toytasks plot SWEEP_DIR`): each run's headline number
+(its task's `headline`: the grokking step, the final induction score, ...) against the swept
+value, with the spread over seeds, in SWEEP_DIR/plots/sweep.png, and the numbers in sweep.csv
+beside it. The swept values are the config columns that differ between runs, seeds aside; the
+one with the most values is the x axis, any others split the runs into lines.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
-from .plots import PLOTS_DIR, _save, plt
-
-GROKKED = 0.99
-
-
-def grokking_step(metrics: pd.DataFrame) -> float:
-    """The first step at which test accuracy reaches 0.99 (NaN if it never does)."""
-    if "val/acc" not in metrics:
-        return math.nan
-    reached = metrics.loc[metrics["val/acc"] >= GROKKED, "step"]
-    return float(reached.iloc[0]) if len(reached) else math.nan
+from ..errors import ToytasksError
+from ..layout import RunPaths
+from ..measures import MEASURES, applicable
+from ..phases import milestones
+from ..plots import phase_lines, plt, save_figure
 
 
-def final(column: str) -> Callable[[pd.DataFrame], float]:
-    def value(metrics: pd.DataFrame) -> float:
-        values = metrics[column].dropna() if column in metrics else pd.Series(dtype=float)
-        return float(values.iloc[-1]) if len(values) else math.nan
-    return value
+def plot_run(run) -> list[Path]:
+    """Every figure of a run, written into its plots/ directory; returns their paths."""
+    out = run.paths.plots
+    out.mkdir(exist_ok=True)
+    metrics = run.metrics
+    if metrics.empty:
+        raise ToytasksError(f"{run.path}: nothing to plot yet (no metrics logged)")
+    figures = {"loss.png": loss_curves(metrics, milestones(metrics))}
+    for name in applicable(run.config):
+        figures.update(MEASURES[name].figures(run))
+    return [save_figure(figure, out / file) for file, figure in figures.items()]
 
 
-# task name -> (what the number is, how to read it from a run's metrics table)
-HEADLINES: dict[str, tuple[str, Callable[[pd.DataFrame], float]]] = {
-    "modular_addition": (f"grokking step (test accuracy first >= {GROKKED})", grokking_step),
-    "induction": ("final best induction score", final("heads/induction_max")),
-    "brackets": ("final test accuracy", final("val/acc")),
-}
-DEFAULT_HEADLINE = ("final test loss", final("val/loss"))
+def loss_curves(metrics, marks: dict):
+    """Train and test loss (log scale) and accuracy against the step, with named steps marked."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in ("train", "val"):
+        if f"{name}/loss" not in metrics.columns:
+            continue
+        rows = metrics.dropna(subset=[f"{name}/loss"])
+        label = "test" if name == "val" else name
+        loss_ax.plot(rows["step"], rows[f"{name}/loss"], label=label)
+        acc_ax.plot(rows["step"], rows[f"{name}/acc"], label=label)
+    for column in sorted(c for c in metrics.columns if c.startswith("val/loss/")):  # e.g. induction's groups
+        rows = metrics.dropna(subset=[column])
+        loss_ax.plot(rows["step"], rows[column], ":", label=f"test, {column.rsplit('/', 1)[1]}")
+    loss_ax.set(yscale="log", xlabel="step", ylabel="loss", title="Loss")
+    acc_ax.set(xlabel="step", ylabel="accuracy", title="Accuracy", ylim=(-0.02, 1.02))
+    for ax in (loss_ax, acc_ax):
+        phase_lines(ax, marks)
+    loss_ax.legend(loc="lower left")
+    acc_ax.legend(loc="lower right")
+    return fig
 
+
+# --- a set of runs ---------------------------------------------------------------------------------
 
 def run_table(directory) -> pd.DataFrame:
-    """One row per run under `directory`: `load_runs(...).configs` (`run` and the dotted config
-    columns) with `finished` and the task's `headline` number (its label in `attrs`)."""
-    from .rundir import read_meta
-    from .runs import load_runs
+    """One row per run under `directory`: `load_runs(...).summary` (`run`, the dotted config
+    columns, `finished`, its summaries) with the task's `headline` number (its label in `attrs`)."""
+    from .run_set import load_runs
 
     runs = load_runs(directory)
-    labels, finished, headline = set(), [], []
-    for run in runs:
-        label, read = HEADLINES.get(run.task.name, DEFAULT_HEADLINE)
+    summary = runs.summary
+    labels, headline = set(), []
+    for run, (_, row) in zip(runs, summary.iterrows()):
+        label, column = run.task.headline
         labels.add(label)
-        finished.append(bool(read_meta(run.path).get("finished")))
-        headline.append(read(run.metrics))
-    table = runs.configs.assign(finished=finished, headline=headline)
+        headline.append(row.get(column))
+    table = summary.assign(headline=pd.to_numeric(pd.Series(headline, index=summary.index), errors="coerce"))
     table.attrs["headline"] = " / ".join(sorted(labels))
+    table.attrs["config_columns"] = list(runs.configs.columns)
     return table
 
 
 def swept_columns(table: pd.DataFrame) -> list[str]:
     """Config columns whose value differs between runs, apart from the seed and where they live;
     the one with the most values first (it makes the x axis)."""
-    skip = {"run", "finished", "headline", "seed", "model.seed", "out_dir", "experiment"}
-    counts = {c: table[c].map(repr).nunique() for c in table.columns if c not in skip}
+    skip = {"run", "seed", "model.seed", "out_dir", "experiment"}
+    columns = [c for c in table.attrs.get("config_columns", table.columns) if c not in skip]
+    counts = {c: table[c].map(repr).nunique() for c in columns}
     return sorted((c for c, n in counts.items() if n > 1), key=lambda c: -counts[c])
 
 
@@ -115,11 +128,9 @@ def plot_sweep(table: pd.DataFrame, label: str = "headline"):
 
 def plot_sweep_dir(directory: str | Path) -> list[Path]:
     """Write SWEEP_DIR/plots/sweep.png and sweep.csv; returns their paths."""
-    from .errors import ToytasksError
-
     directory = Path(directory)
     table = run_table(directory)
-    out = directory / PLOTS_DIR
+    out = RunPaths(directory).plots  # a sweep directory keeps its figures where a run does
     out.mkdir(exist_ok=True)
     csv = out / "sweep.csv"
     table[["run", *swept_columns(table), "seed", "finished", "headline"]].to_csv(csv, index=False)
@@ -130,4 +141,4 @@ def plot_sweep_dir(directory: str | Path) -> list[Path]:
     fig = plot_sweep(finished)
     if len(finished) < len(table):
         fig.axes[0].set_title(f"{fig.axes[0].get_title()}\n({len(table) - len(finished)} unfinished run(s) left out)")
-    return [_save(fig, out / "sweep.png"), csv]
+    return [save_figure(fig, out / "sweep.png"), csv]

@@ -1,0 +1,176 @@
+"""Training: the only place that assembles a Lightning Trainer, for one run and for an ensemble alike.
+
+    train_runs(config)   every run the config stands for (one, or one per seed of `seeds:`,
+                         trained at once in one process); returns their run directories
+    train(config)        a single run; returns its run directory
+
+Layout: module.py is the LightningModule (the step), replicas.py the weights of one run or of
+several stacked, callbacks.py what is recorded while training (series, resumable checkpoint,
+measures), checkpoint_io.py the per-run resumable files, members.py one run's bookkeeping.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+import warnings
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from ..config import Config
+from ..errors import ConfigError, NonFiniteLoss, ToytasksError
+from ..layout import RunPaths
+from ..measures import check_measures
+from ..storage import RunLock, load_or_make_dataset, prepare_run_dir, read_meta, resumable_step, write_meta
+from .callbacks import MeasuresCallback, ResumableCheckpoint, SeriesCallback, StepProgressBar
+from .checkpoint_io import RunsCheckpointIO
+from .members import Member
+from .module import ToyTaskModule
+
+__all__ = ["train", "train_runs", "global_rank"]
+
+
+def train(config: Config, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          callbacks: Sequence[L.Callback] = ()) -> Path:
+    """Train a single run and return its directory. `callbacks` run after toytasks' own."""
+    if config.seeds is not None:
+        raise ToytasksError("this config trains an ensemble of seeds: use toytasks.training.train_runs")
+    return train_runs(config, resume, overwrite, progress, callbacks)[0]
+
+
+def train_runs(config: Config, resume: bool = False, overwrite: bool = False, progress: bool = True,
+               callbacks: Sequence[L.Callback] = ()) -> list[Path]:
+    """Train every run of `config` (one, or one per seed of an ensemble) and return their directories.
+
+    An existing run is never silently replaced: `overwrite` starts it over, `resume` continues it
+    from its last.ckpt (a run that has finished is left as it is); without either, it is an error.
+    """
+    check_measures(config)
+    check_batch_size(config)
+    members = config.members
+    if global_rank() > 0:
+        # A further DDP process (started by Lightning's launcher, or by srun): process 0 owns
+        # the run directory, its lock and its files; this one trains and writes nothing.
+        with quiet_lightning():
+            _fit(members, [m.run_dir for m in members], resume, progress, callbacks, writer=False)
+        return [m.run_dir for m in members]
+    todo = [m for m in members if overwrite or not (resume and read_meta(m.run_dir).get("finished"))]
+    if todo:
+        run_dirs = [prepare_run_dir(m, resume=resume, overwrite=overwrite) for m in todo]
+        with ExitStack() as stack:
+            for run_dir in run_dirs:
+                stack.enter_context(RunLock(run_dir))
+            stack.enter_context(quiet_lightning())
+            _fit(todo, run_dirs, resume, progress, callbacks, writer=True)
+    return [m.run_dir for m in members]
+
+
+def _fit(configs: list[Config], run_dirs: list[Path], resume: bool, progress: bool, callbacks, writer: bool) -> None:
+    give_large_blocks_back()
+    start = _start_step(run_dirs, resume)
+    if writer:
+        datasets = [load_or_make_dataset(c, d) for c, d in zip(configs, run_dirs)]  # one copy per run directory
+    else:  # the same data, without racing process 0 to write it
+        datasets = [c.task.make_dataset() if c.task.finite else None for c in configs]
+    members = [Member(c, d, start, dataset, writer) for c, d, dataset in zip(configs, run_dirs, datasets)]
+    module = ToyTaskModule(members, datasets[0])
+    config = configs[0]
+    trainer = L.Trainer(
+        max_steps=config.max_steps, max_epochs=-1, accelerator=config.trainer.accelerator,
+        devices=config.trainer.devices, num_nodes=config.trainer.num_nodes, strategy=config.trainer.strategy,
+        logger=False, plugins=[RunsCheckpointIO(module)],
+        callbacks=[SeriesCallback(), ResumableCheckpoint(), MeasuresCallback(), *callbacks]
+        + ([StepProgressBar(refresh_rate=max(1, config.log_every // 10))] if progress else []),
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+        num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    writer = writer and trainer.is_global_zero
+    seeds = {"ensemble": [c.seed for c in configs]} if len(configs) > 1 else {}
+    metas = [write_meta(m.paths.root, m.config, device=str(trainer.strategy.root_device), finished=False, **seeds)
+             if writer else {} for m in members]
+    started, precision = time.time(), torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(config.matmul_precision)
+    try:
+        trainer.fit(module, ckpt_path=RunPaths(run_dirs[0]).resumable if start else None, weights_only=True)
+    except NonFiniteLoss as error:
+        member = members[error.run]
+        steps = [s for s in member.paths.saved_steps() if s <= error.step]
+        good = f"the last good checkpoint is {member.paths.series(steps[-1])}" if steps else "no checkpoint was saved"
+        remedy = "train the seed alone with on_nonfinite=skip" if len(members) > 1 else "set on_nonfinite=skip"
+        message = f"{error} ({config.experiment}); training stopped, {good}. Lower the learning rate, or {remedy}"
+        if writer:
+            write_meta(member.paths.root, member.config, failed=message)
+        raise NonFiniteLoss(error.step, message, error.run) from None
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    if writer:
+        wall = time.time() - started
+        for member, meta in zip(members, metas):
+            write_meta(member.paths.root, member.config, finished=True, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       wall_seconds=round(meta.get("wall_seconds", 0.0) + wall, 2))
+
+
+def _start_step(run_dirs: list[Path], resume: bool) -> int:
+    """The step the runs resume from (0 for a new start); runs trained together must agree."""
+    starts = {d: resumable_step(RunPaths(d).resumable) if resume and RunPaths(d).resumable.exists() else 0
+              for d in run_dirs}
+    if len(set(starts.values())) > 1:
+        steps = ", ".join(f"{d}: {s}" for d, s in starts.items())
+        raise ToytasksError(f"the seeds stopped at different steps ({steps}); resume each alone with "
+                            "`toytasks train RUN_DIR/config.yaml --resume`, or pass --overwrite")
+    return starts[run_dirs[0]]
+
+
+def give_large_blocks_back(threshold: int = 4 * 2**20) -> None:
+    """Have glibc's malloc return freed blocks of `threshold` bytes and more to the system.
+
+    glibc raises its mmap threshold each time it frees a large block (up to 32 MiB), after which
+    PyTorch's CPU activations of a few MiB are carved from the heap, which fragments: the resident
+    memory of configs/grokking.yaml on the CPU climbed to 1.6 GB over 100 steps while the run needs
+    under 0.7 GB. A fixed threshold stops that. Elsewhere than glibc this does nothing.
+    """
+    try:
+        ctypes.CDLL(None).mallopt(-3, threshold)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def global_rank() -> int:
+    """This process's rank among the DDP processes of a run, known before the Trainer exists
+    (Lightning reads it from the launcher's or SLURM's environment at import)."""
+    return getattr(rank_zero_only, "rank", 0)
+
+
+def check_batch_size(config: Config) -> None:
+    n_train = config.task.n_train if config.task.finite else None
+    if n_train is not None and config.batch_size is not None and config.batch_size > n_train:
+        raise ConfigError("batch_size", f"{config.batch_size} is more than the {n_train} training "
+                                        "examples; use at most that, or null for the full batch")
+
+
+class quiet_lightning:
+    """Silence Lightning's start-up chatter ("GPU available: ...", tips) and known-harmless warnings."""
+
+    def __enter__(self):
+        self._levels = {}
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+            self._levels[name] = logging.getLogger(name).level
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*Your `IterableDataset` has `__len__` defined.*")
+        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")  # on_nonfinite=skip
+        return self
+
+    def __exit__(self, *exc):
+        self._warnings.__exit__(*exc)
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
