@@ -83,8 +83,10 @@ def detector_score(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def repeated_sequences(n: int, vocab: int, half: int, generator: torch.Generator) -> torch.Tensor:
-    """Fresh test sequences [n, 2 * half + 1]: BOS, `half` random tokens, the same tokens again."""
-    segment = torch.randint(1, vocab, (n, half), generator=generator, device=generator.device)
+    """Fresh test sequences [n, 2 * half + 1]: BOS, `half` distinct random tokens from 1..vocab-1
+    (as the induction task draws them), the same tokens again."""
+    order = torch.rand(n, vocab - 1, generator=generator, device=generator.device).argsort(dim=1)
+    segment = 1 + order[:, :half]
     return torch.cat([torch.zeros_like(segment[:, :1]), segment, segment], dim=1)
 
 
