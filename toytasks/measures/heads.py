@@ -19,8 +19,8 @@ sequence, averaged over the batch as it averages a list of sequences: the attent
 summed over all rows, divided by the attention summed over all rows (n, one per row), so rows
 without a target count as zeros. The detector score is the toytasks score times the share of
 rows that have a target: (n - 1) / n for previous tokens, and on induction sequences, where only
-some tokens repeat, far less (a perfect induction head scores about 0.4 on configs/induction_cpu.yaml's
-sequences).
+some tokens repeat, far less: on configs/induction_cpu.yaml's sequences 6 of 21 rows repeat on
+average, and its best head, 0.98 here, scores 0.28 there).
 
 Plus, for the no-position experiment, the average attention to BOS (position 0) per layer, and
 the in-context-learning score: the mean loss over the last quarter of the scored positions minus
