@@ -321,10 +321,10 @@ def test_run_ids_of_runs_without_the_switches_are_unchanged():
     ("optim.grokfast={filter: ema, lamb: 2, alpha: 1.0}", "optim.grokfast.alpha: must be in [0, 1), got 1.0"),
     ("optim.grokfast={filter: ma, lamb: 5, window: 0}", "optim.grokfast.window: must be at least 1, got 0"),
     ("optim.grokfast={filter: ema, lamb: -1}", "optim.grokfast.lamb: must be non-negative and finite, got -1.0"),
-    ("optim.grokfast={filter: ema, lamb: .nan}", "optim.grokfast.lamb: must be non-negative and finite, got nan"),
+    ("optim.grokfast={filter: ema, lamb: .nan}", "optim.grokfast.lamb: must be a finite number, got nan"),
     ("optim.orthograd=yes please", "optim.orthograd: expected true or false"),
     ("model.init_scale=0", "model.init_scale: must be positive and finite, got 0.0"),
-    ("model.init_scale=.inf", "model.init_scale: must be positive and finite, got inf"),
+    ("model.init_scale=.inf", "model.init_scale: must be a finite number, got inf"),
     ("loss=mse", "loss: must be one of softmax, stablemax, got 'mse'"),
     ("loss_dtype=float16", "loss_dtype: must be one of float64, float32, got 'float16'"),
 ])
