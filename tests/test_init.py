@@ -50,10 +50,16 @@ def test_every_shipped_config_has_a_fixture():
     assert sorted(SEED_INIT) == sorted(path.stem for path in CONFIGS.glob("*.yaml"))
 
 
+def test_hooked_is_the_default_init():
+    assert load_config(CONFIGS / "grokking.yaml").model.init == "hooked"
+    assert {path.stem for path in CONFIGS.glob("*.yaml") if load_config(path).model.init != "hooked"} == {
+        "induction", "induction_1layer", "induction_cpu", "induction_1layer_cpu"}
+
+
 @pytest.mark.parametrize("name", sorted(SEED_INIT))
 def test_step_0_is_hooked_transformers_init(name):
-    entry, config = SEED_INIT[name], load_config(CONFIGS / f"{name}.yaml")
-    assert config.model.init == "hooked"  # the default
+    # The induction configs choose `native` (their heads form sooner); `hooked` is every other's default.
+    entry, config = SEED_INIT[name], load_config(CONFIGS / f"{name}.yaml", ["model.init=hooked"])
     assert hooked_fields(config) == entry["hooked_config"]
     model = build_model(config.model, config.task, seed=config.model_seed)
     for param, expected in entry["params"].items():
