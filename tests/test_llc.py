@@ -93,6 +93,7 @@ def llc_values(run) -> pd.DataFrame:
     return run.metrics.dropna(subset=["llc/mean"])[["step", "llc/mean", "llc/std"]].reset_index(drop=True)
 
 
+@pytest.mark.slow  # about 40 s: the LLC over a whole series, three times
 def test_series_is_seeded_skips_what_it_has_and_keeps_what_it_computed(grokking_run, monkeypatch):
     run, calls = grokking_run, []
     n = len(run.steps)

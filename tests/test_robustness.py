@@ -44,6 +44,7 @@ def assert_same_run(a, b):
     pd.testing.assert_frame_equal(a.metrics, b.metrics, check_exact=True)
 
 
+@pytest.mark.slow  # about 2 minutes: a real process killed mid-run, then resumed
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     steps = ["max_steps=1500"]
     reference = load_run(train(tiny(tmp_path / "a", *steps), progress=False))
