@@ -49,7 +49,7 @@ def write_atomically(path: Path, write) -> None:
         os.chmod(tmp, file_mode())  # writers that create their own file may make it 0600
         os.replace(tmp, path)
     except BaseException as error:
-        remove_path(tmp)
+        discard_temporary(tmp)
         if isinstance(error, OSError):
             raise WriteError(f"{path}: cannot write ({describe(error)})", error.errno) from None
         raise
@@ -125,6 +125,16 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def discard_temporary(tmp: Path) -> None:
+    """Remove a temporary file after a failed write, never hiding that failure: on a read-only
+    file system even unlinking a file that was never created fails (EROFS, not ENOENT)."""
+    try:
+        if os.path.lexists(tmp):
+            remove_path(tmp)
+    except OSError:
+        pass
 
 
 def remove_path(path: Path) -> None:

@@ -22,8 +22,8 @@ import torch
 
 from .config import Config
 from .errors import ToytasksError, first_line
-from .files import (describe, dir_mode, make_dir, remove_temporaries, temporary_name,
-                    write_bytes, write_text, remove_path)
+from .files import (describe, dir_mode, discard_temporary, make_dir, remove_path, remove_temporaries,
+                    temporary_name, write_bytes, write_text)
 from .layout import RunPaths
 
 
@@ -139,7 +139,7 @@ def load_or_make_dataset(config: Config, run_dir: Path):
             config.task.make_dataset().save_to_disk(str(tmp))
             os.rename(tmp, path)
         except BaseException as error:
-            remove_path(tmp)
+            discard_temporary(tmp)
             if isinstance(error, OSError):
                 raise ToytasksError(f"{path}: cannot write the dataset ({describe(error)})") from None
             raise
