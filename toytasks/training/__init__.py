@@ -10,7 +10,6 @@ measures), checkpoint_io.py the per-run resumable files, members.py one run's bo
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 import warnings
@@ -78,7 +77,6 @@ def train_runs(config: Config, resume: bool = False, overwrite: bool = False, pr
 
 
 def _fit(configs: list[Config], run_dirs: list[Path], resume: bool, progress: bool, callbacks, writer: bool) -> None:
-    give_large_blocks_back()
     start = _start_step(run_dirs, resume, writer)
     if start == configs[0].max_steps:
         # The last resumable checkpoint is written after everything else of the run (below): the
@@ -163,20 +161,6 @@ def check_complete(config: Config, run_dir: Path) -> None:
     if missing:
         raise ToytasksError(f"{run_dir}: stopped while finishing, without {', '.join(missing)} (a run of an "
                             "older toytasks); --overwrite trains it again")
-
-
-def give_large_blocks_back(threshold: int = 4 * 2**20) -> None:
-    """Have glibc's malloc return freed blocks of `threshold` bytes and more to the system.
-
-    glibc raises its mmap threshold each time it frees a large block (up to 32 MiB), after which
-    PyTorch's CPU activations of a few MiB are carved from the heap, which fragments: the resident
-    memory of configs/grokking.yaml on the CPU climbed to 1.6 GB over 100 steps while the run needs
-    under 0.7 GB. A fixed threshold stops that. Elsewhere than glibc this does nothing.
-    """
-    try:
-        ctypes.CDLL(None).mallopt(-3, threshold)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def global_rank() -> int:
