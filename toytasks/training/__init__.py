@@ -10,6 +10,7 @@ measures), checkpoint_io.py the per-run resumable files, members.py one run's bo
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 import warnings
@@ -77,6 +78,7 @@ def train_runs(config: Config, resume: bool = False, overwrite: bool = False, pr
 
 
 def _fit(configs: list[Config], run_dirs: list[Path], resume: bool, progress: bool, callbacks, writer: bool) -> None:
+    keep_freed_memory()
     start = _start_step(run_dirs, resume, writer)
     if start == configs[0].max_steps:
         # The last resumable checkpoint is written after everything else of the run (below): the
@@ -161,6 +163,25 @@ def check_complete(config: Config, run_dir: Path) -> None:
     if missing:
         raise ToytasksError(f"{run_dir}: stopped while finishing, without {', '.join(missing)} (a run of an "
                             "older toytasks); --overwrite trains it again")
+
+
+def keep_freed_memory(mmap_threshold: int = 128 * 2**20, trim_threshold: int = 256 * 2**20) -> None:
+    """Have glibc's malloc keep what a step frees for the next step instead of handing it back to
+    the system and faulting it in again page by page.
+
+    glibc serves blocks above its mmap threshold with a fresh mmap each, and that threshold rises
+    with use only up to 32 MiB: on configs/grokking.yaml the test set's MLP activations (8,939 x 3
+    x 512 floats, 55 MB) are above it, so every step mapped, faulted in and unmapped them: 5.4
+    million page faults and 12 s of system time in 150 steps on the CPU, against 0.36 million and
+    1.3 s with these thresholds, at the same peak resident memory. This is process-wide and stays
+    after training. Elsewhere than glibc it does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        if libc.mallopt(-3, mmap_threshold):  # M_MMAP_THRESHOLD (a fixed one also stops its rise)
+            libc.mallopt(-1, trim_threshold)  # M_TRIM_THRESHOLD: free heap kept before trimming
+    except (OSError, AttributeError):
+        pass
 
 
 def global_rank() -> int:
