@@ -9,6 +9,7 @@ virtual environment outside the repository; it is never a dependency of toytasks
     /work/venv-tl3/bin/pip install torch==2.13.0    # first: a bare torch requirement pulls a CUDA build
     /work/venv-tl3/bin/pip install transformer-lens==3.9.0
     /work/venv-tl3/bin/python scripts/make_seed_fixtures.py    # from the repository root, ~2 minutes
+    /work/venv-tl3/bin/python scripts/make_seed_fixtures.py --init-only    # after adding a config
 
 It imports only `toytasks.tasks` from this repository (plain Python and torch) to derive d_vocab,
 d_vocab_out and n_ctx from each config's task, and writes into tests/fixtures/:
@@ -155,12 +156,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the tests use 2)")
+    ap.add_argument("--init-only", action="store_true",
+                    help="rewrite seed_init.json only (after adding a config), not the 300-step trajectory")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     versions = {"transformer_lens": version("transformer-lens"), "torch": torch.__version__}
     FIXTURES.mkdir(parents=True, exist_ok=True)
     init = {"versions": versions, "configs": init_fixtures()}
     (FIXTURES / "seed_init.json").write_text(json.dumps(init, indent=1) + "\n")
+    if args.init_only:
+        return
     trajectory = {"versions": versions, **seed_trajectory(args.steps)}
     (FIXTURES / "seed_trajectory_grokking.json").write_text(json.dumps(trajectory, indent=1) + "\n")
     print(f"wrote {FIXTURES}")

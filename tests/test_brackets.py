@@ -1,38 +1,70 @@
 """Balanced brackets: the generator against a reference checker, the tokens, padding, measures."""
 import collections
+import itertools
 import math
 import random
 
 import pytest
 import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
 
 from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.cli import main
 from toytasks.config import load_config
 from toytasks.errors import ConfigError
-from toytasks.measures.brackets import length_buckets
+from toytasks.measures.brackets import length_buckets, unbalanced_contributions
 from toytasks.analysis.figures import plot_run
-from toytasks.tasks.brackets import GROUPS, KINDS, PAD, Brackets, PathCounter, failure_kind, is_balanced
+from toytasks.tasks.brackets import (GROUPS, KINDS, PAD, Brackets, PathCounter, _to_strings, failure_kind,
+                                     is_balanced)
 from toytasks.training import train
 
 SMALL = dict(max_length=14, size=600)
 
 
-def slow_reference(string: str) -> str:
-    """A second checker, written differently: a stack, and the counts of each bracket."""
-    stack_ok, depth = True, 0
-    for char in string:
-        if char == "(":
-            depth += 1
-        elif depth == 0:
-            stack_ok = False  # a `)` with nothing open
-        else:
-            depth -= 1
-    equal = string.count("(") == string.count(")")
-    if stack_ok and equal:
-        return "balanced"
-    return {(True, False): "total", (False, True): "negative", (False, False): "both"}[(stack_ok, equal)]
+# --- the seed's checker, copied verbatim from ARENA 1.5.1 (its inputs adapted: `t`, `device`) --
+t, device = torch, "cpu"
+
+
+def is_balanced_vectorized_return_both(
+    toks: Float[Tensor, "batch seq"]
+) -> tuple[Bool[Tensor, "batch"], Bool[Tensor, "batch"]]:
+    # SOLUTION
+    table = t.tensor([0, 0, 0, 1, -1]).to(device)
+    change = table[toks.to(device)].flip(-1)
+    altitude = t.cumsum(change, -1)
+    total_elevation_failure = altitude[:, -1] != 0
+    negative_failure = altitude.max(-1).values > 0
+    return total_elevation_failure, negative_failure
+
+
+def seed_kinds(strings: list[str]) -> list[str]:
+    """The seed's failure type of each string, as toytasks names it (the seed's `failure_types_dict`)."""
+    n_ctx = max(map(len, strings)) + 2  # the seed's tokens: [start]=0 brackets [end]=2 [pad]=1 ...
+    toks = torch.tensor([[0, *(3 if c == "(" else 4 for c in s), 2] + [1] * (n_ctx - len(s) - 2) for s in strings])
+    total_elevation_failure, negative_failure = is_balanced_vectorized_return_both(toks)
+    failure_types_dict = {
+        "both": negative_failure & total_elevation_failure,  # "both failures"
+        "negative": negative_failure & ~total_elevation_failure,  # "just neg failure"
+        "total": ~negative_failure & total_elevation_failure,  # "just total elevation failure"
+        "balanced": ~negative_failure & ~total_elevation_failure,
+    }
+    kinds = [None] * len(strings)
+    for kind, mask in failure_types_dict.items():
+        for i in mask.nonzero().flatten().tolist():
+            assert kinds[i] is None
+            kinds[i] = kind
+    return kinds
+
+
+def all_strings(max_length: int) -> list[str]:
+    return ["".join(chars) for n in range(max_length + 1) for chars in itertools.product("()", repeat=n)]
+
+
+def elevations(string: str) -> list[int]:
+    """The elevation read as the seed's model reads it: right to left, `)` up (0 first)."""
+    return [0, *itertools.accumulate(1 if char == ")" else -1 for char in reversed(string))]
 
 
 @pytest.fixture(scope="module")
@@ -40,36 +72,67 @@ def dataset():
     return Brackets(**SMALL).make_dataset()
 
 
-def test_checkers_agree_on_every_short_string():
-    for n in range(0, 11):
-        for code in range(2 ** n):
-            string = "".join("(" if code >> i & 1 else ")" for i in range(n))
-            assert failure_kind(string) == slow_reference(string), string
+def test_kinds_are_the_seeds_on_every_string_up_to_12():
+    strings = all_strings(12)
+    assert len(strings) == 2 ** 13 - 1
+    kinds = [failure_kind(s) for s in strings]
+    assert kinds == seed_kinds(strings)
+    assert collections.Counter(kinds)["total"] > 0 and collections.Counter(kinds)["both"] > 0
+    # The seed reads right to left: a string that ends open is "both failures", one that starts
+    # with too many `)` is "just total elevation failure".
+    assert failure_kind("(()(") == "both" and failure_kind(")())") == "total" and failure_kind("))") == "total"
 
 
 def test_labels_kinds_and_lengths(dataset):
     for split in ("train", "test"):
         rows = dataset[split]
+        assert list(rows["kind"]) == seed_kinds(list(rows["string"]))
         for string, label, kind, length in zip(rows["string"], rows["label"], rows["kind"], rows["length"]):
-            assert slow_reference(string) == kind
-            assert label == int(is_balanced(string))
+            assert label == int(is_balanced(string)) == int(kind == "balanced")
             assert length == len(string) and length % 2 == 0 and 2 <= length <= SMALL["max_length"]
         assert set(rows["kind"]) == set(KINDS), f"every failure kind in {split}"
         near = [kind for kind, near in zip(rows["kind"], rows["near_miss"]) if near]
         assert set(near) == {"total", "negative", "both"}, "near-misses of every kind"
 
 
+def test_kinds_and_near_misses_are_balanced():
+    task = Brackets(max_length=20, size=6000)
+    rows = task.make_dataset()
+    strings = list(rows["train"]["string"]) + list(rows["test"]["string"])
+    kinds = seed_kinds(strings)
+    near = list(rows["train"]["near_miss"]) + list(rows["test"]["near_miss"])
+    assert collections.Counter(kinds) == {"balanced": 3000, "total": 1000, "negative": 1000, "both": 1000}
+    assert collections.Counter(k for k, n in zip(kinds, near) if n) == {"total": 500, "negative": 500, "both": 500}
+
+
 def test_near_misses_are_one_step_from_balanced(dataset):
-    for string, kind, near in zip(dataset["train"]["string"], dataset["train"]["kind"], dataset["train"]["near_miss"]):
-        elevation = [0]
-        for char in string:
-            elevation.append(elevation[-1] + (1 if char == "(" else -1))
-        if near and kind == "total":
-            assert elevation[-1] == 2
-        if near and kind == "negative":
-            assert min(elevation) == -1
-        if near and kind == "both":
-            assert abs(elevation[-1]) == 2
+    rows = dataset["train"]
+    for string, kind, near in zip(rows["string"], rows["kind"], rows["near_miss"]):
+        elevation = elevations(string)
+        if kind == "total":
+            assert min(elevation) == 0 and (elevation[-1] == 2) == near
+        if kind == "negative":
+            assert elevation[-1] == 0 and (min(elevation) == -1) == near
+        if kind == "both":
+            assert min(elevation) < 0 and (abs(elevation[-1]) == 2) == near
+
+
+def test_each_group_is_drawn_uniformly_among_the_seeds_strings_of_its_kind():
+    """The strings of a group and length are drawn uniformly among all strings the seed puts there."""
+    rng = __import__("numpy").random.default_rng(0)
+    everything = [s for s in all_strings(8) if len(s) == 8]
+    by_kind = dict(zip(everything, seed_kinds(everything)))
+    for group, (kind, near, accepts) in GROUPS.items():
+        members = {s for s in everything if by_kind[s] == kind and _near_miss(s, kind) == near}
+        draws = collections.Counter(_to_strings(PathCounter(8, accepts).sample(200 * len(members), rng)))
+        assert set(draws) == members, group  # every string of the group, and no other
+        assert all(abs(count - 200) < 60 for count in draws.values()), group  # sd ~14
+
+
+def _near_miss(string: str, kind: str) -> bool:
+    elevation = elevations(string)
+    return {"balanced": False, "total": elevation[-1] == 2, "negative": min(elevation) == -1,
+            "both": abs(elevation[-1]) == 2}[kind]
 
 
 def test_splits_are_disjoint_distinct_and_balanced_half(dataset):
@@ -167,6 +230,22 @@ def test_measures_by_group(tiny_run):
     assert last["brackets/logit_diff/balanced"] > last["brackets/logit_diff/both"]  # learning has begun
     written = plot_run(tiny_run)
     assert tiny_run.path / "plots" / "brackets_accuracy.png" in written
+
+
+def test_unbalanced_contributions_add_up(tiny_run):
+    """The seed's logit attribution: the components' terms sum to the final LayerNorm's input
+    (less b_O), so their contributions sum to its projection on the unbalanced direction."""
+    model = tiny_run.model_at(tiny_run.steps[-1])
+    batch = tiny_run.batch("test")
+    balanced = torch.tensor(tiny_run.dataset["test"]["label"]) == 1
+    contributions, direction, r2 = unbalanced_contributions(model, batch["tokens"], batch["attention_mask"], balanced)
+    assert list(contributions) == ["embed", "L0H0", "L0H1", "mlp0", "L1H0", "L1H1", "mlp1", "L2H0", "L2H1", "mlp2"]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch["tokens"], attention_mask=batch["attention_mask"])
+    projected = cache["resid_post", 2][:, 0].double() @ direction  # [batch]
+    torch.testing.assert_close(sum(contributions.values()), projected - projected[balanced].mean(), rtol=0, atol=1e-5)
+    assert all(c[balanced].mean().abs() < 1e-9 for c in contributions.values())
+    assert 0 < r2 <= 1
 
 
 def assert_padding_invariant(model, task, strings):

@@ -38,8 +38,13 @@ def test_trainer_section_keeps_run_ids_and_counts_only_what_changes_results():
 
     c = load_config(GROKKING)
     assert c.trainer.accelerator == "auto" and (c.trainer.devices, c.trainer.num_nodes) == (1, 1)
-    # With the default trainer, the id is the one computed before the section existed.
-    before = {k: v for k, v in c.to_dict().items() if k not in ("out_dir", "trainer")}
+    # With the default trainer and the intervention switches off, the id is the one runs of this
+    # config had before those fields existed (so `--resume` finds them).
+    assert c.run_id == "913c40f5-s999"
+    before = {k: v for k, v in c.to_dict().items() if k not in ("out_dir", "trainer", "loss", "loss_dtype")}
+    for section, name in [("model", "init_scale"), ("optim", "grokfast"), ("optim", "orthograd"),
+                          ("optim", "fixed_weight_norm")]:
+        del before[section][name]
     assert c.run_id == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:8] + "-s999"
     assert load_config(GROKKING, ["trainer.accelerator=cpu"]).run_id == c.run_id  # where, not what
     assert load_config(GROKKING, ["trainer.devices=2"]).run_id != c.run_id  # per-device batches
@@ -77,7 +82,7 @@ def test_yaml_round_trip(tmp_path):
     ([GROKKING, "optim.lr=0"], "optim.lr: must be positive"),
     ([GROKKING, "batch_size=5000"], "batch_size: 5000 is more than the 3830 training examples"),
     ([GROKKING, "checkpoints.every=0"], "checkpoints.every: must be at least 1"),
-    ([GROKKING, "measures.attention={}"], "measures.attention: unknown measure; known measures: brackets, fourier, heads"),
+    ([GROKKING, "measures.attention={}"], "measures.attention: unknown measure; known measures: brackets, digits, fourier, heads, lengths, llc, parity, softmax_collapse"),
     ([GROKKING, "measures.fourier=true"], "measures.fourier: expected a mapping of options"),
     ([GROKKING, "measures.fourier.threshold=2"], "measures.fourier.threshold: must be in (0, 1]"),
     ([GROKKING, "task.p=12"], "measures.fourier: needs an odd modulus"),

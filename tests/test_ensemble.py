@@ -30,7 +30,8 @@ INDUCTION = CONFIGS / "induction_cpu.yaml"
 # batch per seed, warmup, gradient clipping that bites (each seed by its own norm), LayerNorm.
 TINY_INDUCTION = ["task.vocab=20", "task.half=4", "model.d_model=16", "model.d_head=4", "batch_size=8",
                   "optim.warmup_steps=5", "optim.grad_clip=0.05", "measures.heads.n_sequences=16",
-                  "checkpoints.every=10", "checkpoints.resume_every=10", "log_every=7", "eval_every=5"]
+                  "checkpoints.every=10", "checkpoints.resume_every=10", "log_every=7", "eval_every=5",
+                  "optim.schedule=constant"]  # _stop_ensemble_at's shorter max_steps would move a cosine's end
 # Mini-batches of a finite task with padding (an attention mask), bidirectional attention, a
 # cosine schedule, and the brackets measures.
 TINY_BRACKETS = [*TINY_RUNS["brackets"][1], "checkpoints.resume_every=10"]

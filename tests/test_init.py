@@ -50,10 +50,16 @@ def test_every_shipped_config_has_a_fixture():
     assert sorted(SEED_INIT) == sorted(path.stem for path in CONFIGS.glob("*.yaml"))
 
 
+def test_hooked_is_the_default_init():
+    assert load_config(CONFIGS / "grokking.yaml").model.init == "hooked"
+    assert {path.stem for path in CONFIGS.glob("*.yaml") if load_config(path).model.init != "hooked"} == {
+        "induction", "induction_1layer", "induction_cpu", "induction_1layer_cpu"}
+
+
 @pytest.mark.parametrize("name", sorted(SEED_INIT))
 def test_step_0_is_hooked_transformers_init(name):
-    entry, config = SEED_INIT[name], load_config(CONFIGS / f"{name}.yaml")
-    assert config.model.init == "hooked"  # the default
+    # The induction configs choose `native` (their heads form sooner); `hooked` is every other's default.
+    entry, config = SEED_INIT[name], load_config(CONFIGS / f"{name}.yaml", ["model.init=hooked"])
     assert hooked_fields(config) == entry["hooked_config"]
     model = build_model(config.model, config.task, seed=config.model_seed)
     for param, expected in entry["params"].items():
@@ -104,10 +110,11 @@ def test_hooked_init_leaves_the_global_rng_alone():
 # The losses of the two implementations agree to float rounding at first (1e-9 relative over steps
 # 0-9), but full-batch AdamW amplifies rounding differences about tenfold every few steps while the
 # model memorises: the seed loop on TransformerLens 3.9 itself, run on 1 thread instead of 2, differs
-# from its own 2-thread run by up to 3.6% (train) and 0.7% (test) over these 300 steps. Measured for
-# toytasks on a 2-core CPU (deterministic from run to run): largest relative difference 5.97e-2 for
-# the train loss (step 173), 4.83e-3 for the test loss (step 168); 1.3e-9 and 3.4e-9 over steps 0-9.
-# The bounds sit just above those; another CPU's float kernels may diverge differently.
+# from its own 2-thread run by up to 3.6% (train) and 0.7% (test) over these 300 steps, so the test
+# trains on the fixture's thread count. Measured for toytasks on a 2-core CPU, 2 threads (deterministic
+# from run to run): largest relative difference 5.97e-2 for the train loss (step 173), 4.83e-3 for the
+# test loss (step 168); 1.3e-9 and 3.4e-9 over steps 0-9. The bounds sit just above those; another
+# CPU's float kernels may diverge differently.
 BOUNDS = {"train_loss": 0.065, "test_loss": 0.0055}
 EARLY_BOUND = 1e-8  # steps 0-9
 
@@ -117,9 +124,15 @@ def test_grokking_trajectory_is_the_seed_notebooks(tmp_path):
     """300 full-batch steps of configs/grokking.yaml give the seed loop's losses on TransformerLens 3.9."""
     seed = json.loads((FIXTURES / "seed_trajectory_grokking.json").read_text())
     steps = seed["steps"]
-    config = load_config(CONFIGS / "grokking.yaml", [f"out_dir={tmp_path}", f"max_steps={steps}",
-                                                      "measures.fourier=null"])
-    m = load_run(train(config, progress=False)).metrics.set_index("step")
+    # The reductions' split, so the rounding, follows the thread count: train on the fixture's.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(seed["threads"])
+    try:
+        run_dir = train(load_config(CONFIGS / "grokking.yaml", [f"out_dir={tmp_path}", f"max_steps={steps}",
+                                                                "measures.fourier=null"]), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    m = load_run(run_dir).metrics.set_index("step")
     ours = {"train_loss": m.loc[0:steps - 1, "train/loss"], "test_loss": m.loc[1:steps, "val/loss"]}
     for key, loss in ours.items():
         rel = (torch.tensor(loss.tolist(), dtype=torch.float64) / torch.tensor(seed[key], dtype=torch.float64) - 1).abs()

@@ -5,10 +5,11 @@ import ast
 from conftest import ROOT
 
 LAYERS = [
-    ["errors", "files", "schema", "layout"],
+    ["errors", "files", "schema", "layout", "interrupts"],
     ["tasks"],
     ["config"],
-    ["groups", "model", "data", "loss", "optim", "phases", "fourier", "metrics_table", "storage", "plots"],
+    ["groups", "model", "data", "loss", "optim", "interventions", "phases", "fourier", "metrics_table", "storage",
+     "plots", "resources"],
     ["measures"],
     ["training"],
     ["analysis"],

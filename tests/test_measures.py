@@ -49,8 +49,8 @@ def test_a_measure_that_does_not_apply_is_a_one_line_config_error(readme_measure
 
 
 @pytest.mark.parametrize("config, expected", [
-    ("grokking_cpu", ["fourier"]), ("induction_cpu", ["heads"]), ("no_position_cpu", ["heads"]),
-    ("brackets_cpu", ["brackets"]),
+    ("grokking_cpu", ["fourier", "softmax_collapse"]), ("induction_cpu", ["heads", "softmax_collapse"]),
+    ("no_position_cpu", ["heads", "softmax_collapse"]), ("brackets_cpu", ["brackets", "softmax_collapse"]),
 ])
 def test_which_measures_apply_to_each_config(config, expected):
     plain = load_config(CONFIGS / f"{config}.yaml", ["measures={}"])

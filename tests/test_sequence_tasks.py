@@ -5,7 +5,8 @@ import torch
 from conftest import CONFIGS
 from toytasks import load_run
 from toytasks.config import load_config
-from toytasks.measures.heads import head_scores, icl_score
+from toytasks.errors import ConfigError
+from toytasks.measures.heads import head_scores, icl_score, repeated_sequences, second_copy_attention
 from toytasks.tasks import IGNORE
 from toytasks.tasks.induction import Induction
 from toytasks.tasks.previous_token import PreviousToken
@@ -23,19 +24,52 @@ def test_previous_token_batches():
 
 def test_induction_batches():
     task = Induction(vocab=30, half=6)
-    batch = task.sample(256, torch.Generator().manual_seed(3))
-    tokens, targets, k = batch["tokens"], batch["targets"], batch["repeat_len"]
-    assert tokens.shape == (256, 13) and (tokens[:, 0] == 0).all() and (tokens[:, 1:] >= 1).all()
-    assert set(k.tolist()) == set(range(2, 7))  # the repeat length varies: no fixed offset to exploit
-    for row, length in zip(tokens, k.tolist()):
-        assert torch.equal(row[1:1 + length], row[1 + length:1 + 2 * length])
+    batch = task.sample(2048, torch.Generator().manual_seed(3))
+    tokens, targets = batch["tokens"], batch["targets"]
+    k, start, d = batch["repeat_len"], batch["repeat_start"], batch["repeat_dist"]
+    assert tokens.shape == (2048, 13) and (tokens[:, 0] == 0).all() and (tokens[:, 1:] >= 1).all()
     assert torch.equal(targets[:, :-1], tokens[:, 1:]) and (targets[:, -1] == IGNORE).all()
+    # the distance, the length and the place vary: no position or fixed offset to exploit
+    assert set(d.tolist()) == set(range(2, 11)) and set(k.tolist()) == set(range(2, 11))
+    assert set(start[d == 3].tolist()) == set(range(4, 12))  # every place that fits
+    assert (start + k == 13).all()  # the copy runs to the end: every repeat is followed by the copy
+    assert (k > d).any()  # a copy longer than its distance repeats with period d
+    counts = torch.bincount(d)[2:].float()
+    assert counts.max() / counts.min() < 3  # every distance about as common, short ones included
     groups = task.position_groups(batch)
     assert not (groups["first"] & groups["repeated"]).any()
-    for row, repeated, length in zip(tokens, groups["repeated"], k.tolist()):
+    for row, repeated, first, length, second, dist in zip(tokens, groups["repeated"], groups["first"],
+                                                          k.tolist(), start.tolist(), d.tolist()):
+        assert second + length <= 13 and second - dist >= 1
+        assert torch.equal(row[second:second + length], row[second - dist:second - dist + length])
         positions = repeated.nonzero().flatten()
-        assert positions.tolist() == list(range(length + 1, 2 * length))
-        assert torch.equal(row[positions + 1], row[positions + 1 - length])  # predictable from the first copy
+        assert positions.tolist() == list(range(second, second + length - 1))
+        assert not first[second - 1] and first.sum() == 12 - len(positions) - 1
+        for p in positions.tolist():  # the answer follows an earlier occurrence of row[p], d back
+            assert row[p - dist] == row[p] and row[p - dist + 1] == row[p + 1]
+        # the copy is the only repeat: every other token occurs once
+        copied = torch.zeros(13, dtype=torch.bool)
+        copied[second:second + length] = True
+        assert len(set(row[~copied].tolist())) == 13 - length
+
+
+def test_induction_needs_distinct_tokens():
+    Induction(vocab=13, half=6)
+    with pytest.raises(ConfigError, match="vocab"):
+        Induction(vocab=12, half=6)
+
+
+def test_repeated_sequences_and_the_second_copy_score():
+    tokens = repeated_sequences(64, 30, 6, torch.Generator().manual_seed(0))
+    assert tokens.shape == (64, 13) and (tokens[:, 0] == 0).all() and torch.equal(tokens[:, 1:7], tokens[:, 7:])
+    assert all(len(set(row[1:7].tolist())) == 6 for row in tokens) and (tokens[:, 1:] >= 1).all()
+    # an induction head scores 1; a previous-token head 0; attention spread evenly over the 7 or more
+    # earlier keys, at most 1/7
+    induction = _pattern(lambda q: q - 6 + 1 if q > 6 else 0, 13)
+    assert second_copy_attention(induction, 6).item() == pytest.approx(1.0)
+    assert second_copy_attention(_pattern(lambda q: max(q - 1, 0), 13), 6).item() == 0
+    uniform = torch.ones(13, 13).tril()
+    assert second_copy_attention((uniform / uniform.sum(-1, keepdim=True))[None, None], 6).item() <= 1 / 7
 
 
 def _pattern(rule, n, heads=1):

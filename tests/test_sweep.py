@@ -1,6 +1,8 @@
 """Sweeps: grid expansion, --list / --index, and re-runs that skip, resume and report failures."""
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -8,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CONFIGS
+from conftest import CONFIGS, ROOT
 from test_train import _stop_at
 from toytasks import load_run
 from toytasks.cli import main
@@ -98,6 +100,31 @@ def test_rerun_skips_finished_and_resumes_interrupted(tmp_path, capsys):
         assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
 
 
+def test_arms_are_crossed_with_the_grid(tmp_path):
+    path = write_sweep(tmp_path, "  optim.lr: [0.001, 0.003]\n", extra=(
+        "arms:\n  baseline: {}\n  orthograd: {optim.orthograd: true, optim.weight_decay: 0}\n"
+        "  ema: {optim.grokfast: {filter: ema, lamb: 2.0}}\n"))
+    sweep = load_sweep(path)
+    assert [p.values for p in sweep.points] == [{"arm": arm, "optim.lr": lr} for arm in ("baseline", "orthograd", "ema")
+                                                for lr in (0.001, 0.003)]
+    assert [p.label for p in sweep.points][2] == "arm=orthograd optim.lr=0.001"
+    configs = [p.config for p in sweep.points]
+    assert [(c.optim.orthograd, c.optim.weight_decay) for c in configs[:4]] == [(False, 1.0)] * 2 + [(True, 0.0)] * 2
+    assert configs[4].optim.grokfast.filter == "ema" and configs[4].optim.lr == 0.001
+    assert all(c.task.p == 7 for c in configs)  # the fixed overrides reach every arm
+    # With arms, the grid may be left out: one point per arm.
+    only_arms = tmp_path / "arms_only.yaml"
+    only_arms.write_text(path.read_text().replace("grid:\n  optim.lr: [0.001, 0.003]\n", ""))
+    assert [p.values for p in load_sweep(only_arms).points] == [{"arm": a} for a in ("baseline", "orthograd", "ema")]
+    # The grid may place the arms (and choose some): here every arm at the first learning rate first.
+    placed = tmp_path / "placed.yaml"
+    placed.write_text(path.read_text().replace("  optim.lr: [0.001, 0.003]\n",
+                                               "  optim.lr: [0.001, 0.003]\n  arm: [ema, baseline]\n"))
+    assert [p.values for p in load_sweep(placed).points] == [{"optim.lr": lr, "arm": arm} for lr in (0.001, 0.003)
+                                                             for arm in ("ema", "baseline")]
+    assert load_sweep(placed).points[0].config.optim.grokfast.filter == "ema"
+
+
 @pytest.mark.slow  # about 30 s: four worker processes, each importing torch and Lightning
 def test_parallel_sweep_runs_every_point_and_names_the_failed_one(tmp_path, capsys):
     path = write_sweep(tmp_path, "  seed: [0, 1, 2]\n")
@@ -110,13 +137,14 @@ def test_parallel_sweep_runs_every_point_and_names_the_failed_one(tmp_path, caps
     assert "[2/3] FAILED (exit 2)" in out and "is in use by another process" in out
     assert out.strip().splitlines()[-1].endswith("2 trained now, 1 failed: point 1 (seed=1)")
     assert [load_run(d).steps[-1] for d in (run_dirs[0], run_dirs[2])] == [20, 20]
-    for point in sweep.points:  # every point's resolved config was written before training
-        assert load_config(point.config.run_dir / "config.yaml") == point.config
+    for point in (sweep.points[0], sweep.points[2]):  # their resolved configs were written before training;
+        assert load_config(point.config.run_dir / "config.yaml") == point.config  # point 1's is its holder's to write
 
     assert main(["sweep", str(path), "-j", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("finished, skipped") == 2 and "[2/3] start" in out
     assert load_run(run_dirs[1]).steps[-1] == 20
+    assert load_config(run_dirs[1] / "config.yaml") == sweep.points[1].config
 
 
 @pytest.mark.parametrize("text, args, message", [
@@ -133,6 +161,12 @@ def test_parallel_sweep_runs_every_point_and_names_the_failed_one(tmp_path, caps
     ("base: {base}\ngrid: {{seed: [0, 1]}}\n", ["--index", "2"], "--index 2: "),
     ("base: {base}\ngrid: {{seed: [0, 1]}}\n", ["task.p=1"], "point 0 (seed=0): task.p: must be at least 2"),
     ("[1, 2]\n", [], "expected a mapping"),
+    ("base: {base}\narms: [a, b]\n", [], "arms: expected a mapping of arm names"),
+    ("base: {base}\narms: {{a: 3}}\n", [], "arms.a: expected a mapping of dotted keys to values, got 3"),
+    ("base: {base}\narms: {{a: {{}}, b: {{loss: mse}}}}\n", [], "point 1 (arm=b): loss: must be one of softmax, stablemax"),
+    ("base: {base}\narms: {{a: {{}}, b: {{}}}}\n", [], "points 0 and 1 are the same run"),
+    ("base: {base}\narms: {{a: {{}}}}\ngrid: {{arm: [a, c]}}\n", [], "grid.arm: 'c' is not one of the sweep's arms (a)"),
+    ("base: {base}\ngrid: {{arm: [a]}}\n", [], "grid.arm: 'a' is not one of the sweep's arms (it names none)"),
 ])
 def test_bad_sweep_files_are_one_line_errors(tmp_path, capsys, text, args, message):
     path = tmp_path / "bad.yaml"
@@ -158,8 +192,10 @@ def test_plot_of_a_sweep_directory(tmp_path, capsys):
         assert main(["sweep", str(path), "--index", index, "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "out" / "lr_sweep")]) == 0
-    png, csv = (Path(line) for line in capsys.readouterr().out.split())
+    png, csv, summary = (Path(line) for line in capsys.readouterr().out.split())
     assert png.name == "sweep.png" and png.stat().st_size > 10_000
+    per_lr = pd.read_csv(summary)
+    assert list(per_lr.columns[:3]) == ["optim.lr", "runs", "reached"] and list(per_lr["runs"]) == [2, 2]
     table = pd.read_csv(csv)
     assert list(table.columns) == ["run", "optim.lr", "seed", "finished", "headline"] and len(table) == 4
     assert table["finished"].all()
@@ -173,3 +209,65 @@ def test_grokking_step_is_the_first_step_at_test_accuracy_099():
     metrics = pd.DataFrame({"step": [0, 1, 2, 3, 4], "val/acc": [0.1, 0.5, float("nan"), 0.995, 0.98]})
     assert grokking_step(metrics) == 3
     assert grokking_step(metrics.iloc[:3]) is None
+
+
+def _arms_table():
+    """A run table as run_table builds it, for a sweep of three arms x 3 seeds (made by hand)."""
+    nan = float("nan")
+    rows = []
+    arms = {"base": {"optim.weight_decay": 1.0, "optim.orthograd": False, "optim.grokfast": None},
+            "ortho": {"optim.weight_decay": 0.0, "optim.orthograd": True, "optim.grokfast": None},
+            "ema": {"optim.weight_decay": 1.0, "optim.orthograd": False, "optim.grokfast": nan,
+                    "optim.grokfast.filter": "ema", "optim.grokfast.lamb": 2.0, "optim.grokfast.alpha": 0.98,
+                    "optim.grokfast.window": 100.0}}
+    steps = {"base": [600.0, 1000.0, nan], "ortho": [nan, nan, 900.0], "ema": [300.0, 200.0, 250.0]}
+    for arm, values in arms.items():
+        for seed, step in enumerate(steps[arm]):
+            rows.append({"run": f"{arm}-{seed}", "seed": seed, "optim.lr": 0.005, **values, "finished": True,
+                         "headline": step, "memorisation_end": 40 + seed})
+    table = pd.DataFrame(rows)
+    table.attrs["config_columns"] = ["run", "seed", "optim.lr", "optim.weight_decay", "optim.grokfast",
+                                     "optim.grokfast.filter", "optim.grokfast.lamb", "optim.grokfast.alpha",
+                                     "optim.grokfast.window", "optim.orthograd"]
+    table.attrs["headline"] = "grokking step"
+    return table
+
+
+def test_median_counts_runs_that_never_reached_it_as_later_than_any():
+    from toytasks.analysis.figures import median_reached
+
+    nan = float("nan")
+    assert median_reached(pd.Series([100.0, 200.0, nan])) == 200
+    assert median_reached(pd.Series([100.0, 300.0])) == 200
+    assert pd.isna(median_reached(pd.Series([100.0, nan, nan])))  # the median run never grokked
+    assert pd.isna(median_reached(pd.Series([100.0, nan])))
+
+
+def test_a_sweep_of_arms_is_drawn_as_categories_named_by_what_they_change():
+    from toytasks.analysis.figures import is_categorical, plot_sweep, settings, swept_columns, sweep_summary
+
+    table = _arms_table()
+    swept = swept_columns(table)
+    assert is_categorical(table, swept)
+    names, order, colours = settings(table, swept)
+    # Switches first, then numbers; values at their defaults (weight decay 1, Grokfast's alpha) are left out.
+    assert order == ["baseline", "grokfast.filter=ema\ngrokfast.lamb=2", "orthograd\nweight_decay=0"]
+    assert len(set(colours.values())) == 3
+    summary = sweep_summary(table)
+    assert list(summary["setting"]) == [name.replace("\n", " ") for name in order]
+    assert list(summary["reached"]) == [2, 3, 1]
+    assert summary["median"].tolist()[:2] == [1000, 250] and pd.isna(summary["median"].iloc[2])
+    assert list(summary["memorisation_median"]) == [41, 41, 41]
+    fig = plot_sweep(table)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == order
+    assert "3 run(s) never reached it" in fig.axes[0].get_title()
+
+
+def test_list_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`toytasks sweep FILE --list | head`: once the reader has gone, no BrokenPipeError traceback and
+    exit 0 (`true` leaves before anything is written, so the write always finds the pipe closed)."""
+    sweep = ROOT / "configs" / "sweeps" / "grokking_interventions.yaml"
+    command = f"set -o pipefail; {sys.executable} -m toytasks.cli sweep {sweep} --list out_dir={tmp_path} | true"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (done.returncode, done.stderr) == (0, "")

@@ -12,6 +12,11 @@ SMALL = {  # a small instance of each task
     "previous_token": dict(vocab=20, length=8),
     "induction": dict(vocab=20, half=5),
     "brackets": dict(max_length=14, size=200),
+    "modular_arithmetic": dict(p=7, frac_train=0.5, op="div"),
+    "permutation_composition": dict(n=3, frac_train=0.5),
+    "sparse_parity": dict(n_bits=8, k=3),
+    "addition": dict(n_digits=3),
+    "sort": dict(vocab=6, max_train_len=4, max_eval_len=7),
 }
 
 

@@ -139,3 +139,21 @@ def test_measure_refuses_an_unfinished_run(tiny_run, capsys):
         assert (run.path / "metrics.csv").read_bytes() == table
     finally:
         meta.write_text(finished)
+
+
+def test_device_metrics_hand_back_what_was_added_across_drains():
+    from toytasks.training.device_metrics import DeviceMetrics
+
+    metrics = DeviceMetrics()
+    for step in range(3):  # 0-d and [runs] tensors of several dtypes, and plain floats
+        metrics.add(step, {"loss": torch.tensor(0.1 * step, dtype=torch.float32),
+                           "runs": torch.tensor([step, -step]), "lr": 1e-3})
+    rows = metrics.drain()
+    assert list(rows) == [0, 1, 2]
+    assert rows[2] == {"loss": float(torch.tensor(0.2, dtype=torch.float32)), "runs": [2.0, -2.0], "lr": 1e-3}
+    assert metrics.drain() == {}
+    many = torch.arange(5000.0)  # more than the first buffer: it grows, and keeps what it held
+    metrics.add(7, {"first": torch.tensor(3.0)})
+    metrics.add(7, {"many": many})
+    rows = metrics.drain()
+    assert rows[7]["first"] == 3.0 and rows[7]["many"] == many.tolist()

@@ -1,10 +1,18 @@
-"""The `toytasks` command line. User mistakes print one line and exit with status 2."""
+"""The `toytasks` command line. User mistakes print one line and exit with status 2; a non-finite
+loss exits with 3, a file system error with 1, and a Ctrl-C or SIGTERM with 130 or 143 (after the
+run it stopped has saved a resumable checkpoint), each with one line saying what happened."""
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
 
-from .errors import NonFiniteLoss, ToytasksError
+from . import interrupts
+from .errors import NonFiniteLoss, ToytasksError, ToytasksWarning, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--overwrite", action="store_true", help="delete an earlier run of this config first")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    resume = commands.add_parser("resume", help="finish interrupted runs: the same as "
+                                                "`toytasks train RUN_DIR/config.yaml --resume`")
+    resume.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     measure = commands.add_parser("measure", help="recompute the progress measures over a saved series")
     measure.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    measure.add_argument("--with", dest="extra", action="append", default=[], metavar="MEASURE",
+                         help="also an optional (expensive) measure, e.g. the local learning coefficient "
+                              "(`--with llc`); its options follow the run directories as MEASURE.OPTION=value")
+    measure.add_argument("--only", action="append", default=[], metavar="MEASURE",
+                         help="compute only this measure (repeatable), e.g. `--only llc`")
     measure.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sweep = commands.add_parser("sweep", help="train every point of a sweep file, skipping finished ones")
@@ -42,29 +60,74 @@ def main(argv: list[str] | None = None) -> int:
     # Options may follow the overrides (`toytasks train c.yaml lr=1 --resume`): argparse leaves
     # the overrides after an option unparsed, so collect them here.
     args, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if a.startswith("-") or "=" not in a or args.command not in ("train", "sweep")]
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or args.command == "plot"]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command in ("train", "sweep"):
         args.overrides += extra
+    if args.command == "measure":  # `toytasks measure RUN --with llc llc.num_draws=400`: options
+        options = [a for a in args.run_dirs if "=" in a and not Path(a).exists()]
+        args.run_dirs, args.overrides = [a for a in args.run_dirs if a not in options], options + extra
     if args.command == "sweep" and args.jobs != 1 and (args.list or args.index is not None):
         parser.error("-j runs the whole sweep; it does not go with --list or --index")
-    try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "sweep":
-            return _sweep(args)
-        if args.command == "measure":
-            return _measure(args)
-        if args.command == "plot":
-            return _plot(args)
-    except NonFiniteLoss as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except ToytasksError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with interrupts.handled(), _one_line_warnings():
+        command = {"train": _train, "resume": _resume, "sweep": _sweep, "measure": _measure, "plot": _plot}
+        try:
+            code = command[args.command](args)
+            sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
+            return code
+        except interrupts.Interrupted as stop:
+            _error(stop, _how_to_go_on(args) if stop.resumable else "")
+            return stop.exit_code
+        except NonFiniteLoss as error:
+            _error(error)
+            return 3
+        except ToytasksError as error:
+            _error(error)
+            return 2
+        except BrokenPipeError:  # `toytasks sweep FILE --list | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+            return 0
+        except OSError as error:  # the file system's (a full disk, no permission): one line, not a traceback
+            _error(error)
+            return 1
+        except MemoryError:
+            _error("out of memory; make the run smaller (task, model, batch_size or seeds)")
+            return 1
     return 0
+
+
+def _error(message, hint: str = "") -> None:
+    """One line: the message (cut short if it is long: it may quote a huge value), then the hint whole."""
+    print(f"error: {one_line(str(message))}{hint}", file=sys.stderr)
+
+
+def _how_to_go_on(args) -> str:
+    """The command that goes on from where an interrupted command stopped."""
+    quiet = ["--no-progress"] if getattr(args, "no_progress", False) else []  # as it was asked
+    if args.command == "train":
+        return "; resume with: " + shlex.join(["toytasks", "train", args.config, *args.overrides, *quiet, "--resume"])
+    if args.command == "resume":
+        return "; resume with: " + shlex.join(["toytasks", "resume", *args.run_dirs, *quiet])
+    return ""  # a sweep's message says it; measure and plot have nothing to resume
+
+
+@contextmanager
+def _one_line_warnings():
+    """toytasks' own warnings (a broken run left out of a table) as `warning: ...` lines."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ToytasksWarning):
+            print(f"warning: {one_line(str(message))}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _train(args) -> int:
@@ -76,6 +139,20 @@ def _train(args) -> int:
     if global_rank() == 0:  # further DDP processes run this command too
         for run_dir in run_dirs:
             print(f"run: {run_dir}")
+    return 0
+
+
+def _resume(args) -> int:
+    from pathlib import Path
+
+    from .config import load_config
+    from .layout import RunPaths
+    from .training import train_runs
+
+    for run_dir in args.run_dirs:
+        config = load_config(RunPaths(Path(run_dir)).config)
+        for done in train_runs(config, resume=True, progress=not args.no_progress):
+            print(f"run: {done}")
     return 0
 
 
@@ -99,17 +176,22 @@ def _sweep(args) -> int:
 def _measure(args) -> int:
     from .analysis.offline import measure_run
     from .analysis.run import load_run
+    from .config import apply_overrides
 
+    for item in args.overrides:
+        if "." not in item.partition("=")[0]:
+            raise ToytasksError(f"{item!r}: a measure's option is MEASURE.OPTION=value, e.g. llc.num_draws=400")
+    options = apply_overrides({}, args.overrides)
+    if not args.run_dirs:
+        raise ToytasksError("no run directory given")
     for run_dir in args.run_dirs:
         run = load_run(run_dir)
-        names = measure_run(run, progress=not args.no_progress)
+        names = measure_run(run, progress=not args.no_progress, extra=args.extra, options=options, only=args.only)
         print(f"wrote {len(names)} measures into {run.paths.metrics}")
     return 0
 
 
 def _plot(args) -> int:
-    from pathlib import Path
-
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window (notebooks keep their inline backend)

@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
 
-from .errors import ConfigError, ToytasksError, first_line
+from .errors import ConfigError, ToytasksError, first_line, short
 from .schema import build, to_plain
 from .tasks import Task, task_from_config
 
 NORMALIZATIONS = (None, "LN", "LNPre", "RMS", "RMSPre")
 ATTENTION = ("causal", "bidirectional")
+LOSSES = ("softmax", "stablemax")
+LOSS_DTYPES = ("float64", "float32")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "solu")
+MAX_NAME = 100  # characters of an experiment name (a directory name; most file systems allow 255)
+MAX_YAML_NODES = 100_000  # values a YAML text may stand for once its aliases are expanded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +63,46 @@ class ModelConfig:
     the same architecture and seed (the seed notebooks' models: every W_* from N(0, 0.8/sqrt(d_model))
     in its order); `native`, TransformerLens 4's `boot_native` (which also scales W_O and W_out by
     1/sqrt(2 n_layers)). Biases start at zero and LayerNorm weights at one with both."""
+    init_scale: float = 1.0
+    """Multiply every initial parameter by this factor, after `init` (Omnigrok, Liu et al. 2023:
+    a large initial weight norm makes a model grok late; a small one generalises early)."""
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.init_scale < float("inf"):
+            raise ConfigError("init_scale", f"must be positive and finite, got {self.init_scale}")
         _check_choice("init", self.init, ("hooked", "native"))
         _check_choice("act_fn", self.act_fn, ACTIVATIONS)
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
         _check_choice("attention", self.attention, ATTENTION)
+
+
+@dataclasses.dataclass(frozen=True)
+class GrokfastConfig:
+    """Grokfast (Lee et al. 2024): before each optimizer step, every gradient g becomes
+    g + lamb * (a low-pass filter of the gradients so far), as in its `gradfilter_ema` /
+    `gradfilter_ma` (toytasks/interventions/grokfast.py)."""
+
+    filter: str
+    """`ema`: an exponential moving average, started at the first gradient; `ma`: the mean of the
+    last `window` gradients, applied once `window` gradients have been seen."""
+    lamb: float
+    """The amplification (the paper's lambda; its values: 2.0 with ema, 5.0 with ma)."""
+    alpha: float = 0.98
+    """ema: the weight of the past, ema <- alpha * ema + (1 - alpha) * g."""
+    window: int = 100
+    """ma: how many of the latest gradients are averaged."""
+
+    def __post_init__(self):
+        _check_choice("filter", self.filter, ("ema", "ma"))
+        if not 0 <= self.lamb < float("inf"):
+            raise ConfigError("lamb", f"must be non-negative and finite, got {self.lamb}")
+        if not 0 <= self.alpha < 1:
+            raise ConfigError("alpha", f"must be in [0, 1), got {self.alpha}")
+        if self.window < 1:
+            raise ConfigError("window", f"must be at least 1, got {self.window}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +119,15 @@ class OptimConfig:
     """After the warmup: `constant`, or `cosine` decay to zero at max_steps."""
     grad_clip: Optional[float] = None
     """Clip the gradient norm to this value; null for no clipping."""
+    grokfast: Optional[GrokfastConfig] = None
+    """Amplify the slow part of the gradients: `{filter: ema, alpha: 0.98, lamb: 2.0}` or
+    `{filter: ma, window: 100, lamb: 5.0}` (Lee et al. 2024); null for off."""
+    orthograd: bool = False
+    """⊥Grad (Prieto et al. 2025): remove from each parameter's gradient its component along the
+    parameter, then rescale it to the gradient's norm (after Grokfast, before clipping)."""
+    fixed_weight_norm: bool = False
+    """After every optimizer step, rescale the trained weights to their initial total norm
+    (Omnigrok, Liu et al. 2023), each run of an ensemble to its own."""
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -205,6 +252,12 @@ class Config:
     on_nonfinite: str = "stop"
     """A NaN or infinite training loss: `stop` (exit 3, the last good checkpoint kept) or `skip`
     the step (costs a host sync per step)."""
+    loss: str = "softmax"
+    """The training loss: `softmax` cross-entropy, or `stablemax` cross-entropy (Prieto et al.
+    2025): s(x) = x + 1 for x >= 0 and 1 / (1 - x) below, probabilities s(x_i) / sum_j s(x_j)."""
+    loss_dtype: str = "float64"
+    """The precision of the loss's (stable)softmax: float64 as in the grokking seed, or float32 (where
+    a memorised example's loss rounds to exactly zero: softmax collapse, Prieto et al. 2025)."""
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -216,14 +269,15 @@ class Config:
             raise ConfigError("batch_size", f"must be at least 1 or null, got {self.batch_size}")
         _check_choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
         _check_choice("matmul_precision", self.matmul_precision, ("highest", "high", "medium"))
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("loss_dtype", self.loss_dtype, LOSS_DTYPES)
         late = [s for s in self.checkpoints.steps if s > self.max_steps]
         if late:
             raise ConfigError("checkpoints.steps", f"step {late[0]} is past max_steps={self.max_steps}")
         for name, options in self.measures.items():
             if not isinstance(options, dict):
-                raise ConfigError(f"measures.{name}", f"expected a mapping of options (or null for off), got {options!r}")
-        if not self.experiment or "/" in self.experiment:
-            raise ConfigError("experiment", f"must be a non-empty name without '/', got {self.experiment!r}")
+                raise ConfigError(f"measures.{name}", f"expected a mapping of options (or null for off), got {short(options)}")
+        _check_name("experiment", self.experiment)
         if self.trainer.world_size > 1 and self.on_nonfinite == "skip":
             raise ConfigError("on_nonfinite", "`skip` needs one device (a skipped step would stall DDP)")
         if self.trainer.capture_mode == "on" and (self.on_nonfinite != "stop" or self.trainer.world_size > 1):
@@ -275,12 +329,43 @@ class Config:
                    if k not in ("accelerator", "capture") and v != defaults[k]}
         if trainer:
             identity["trainer"] = trainer
+        for key in COUNTED_WHEN_SET:  # off by default: earlier runs keep their ids
+            *sections, name = key.split(".")
+            section = functools.reduce(dict.get, sections, identity)
+            if section[name] == field_default(key):
+                del section[name]
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         return f"{digest}-s{self.seed}"
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.experiment / self.run_id
+
+
+# Fields added after runs had been trained: a run's id counts them only when they are not at their
+# default, so a run trained before they existed keeps its id (and `--resume` finds it).
+COUNTED_WHEN_SET = ("loss", "loss_dtype", "model.init_scale", "optim.grokfast", "optim.orthograd",
+                    "optim.fixed_weight_norm")
+
+
+@functools.cache
+def field_default(key: str) -> Any:
+    """The default of a dotted Config field (`optim.orthograd` -> False, `optim.grokfast.alpha` ->
+    0.98), as plain data; dataclasses.MISSING for a field without one (`task.p`, `optim.grokfast.lamb`)."""
+    cls: Any = Config
+    *sections, name = key.split(".")
+    for section in sections:
+        hint = typing.get_type_hints(cls).get(section) if dataclasses.is_dataclass(cls) else None
+        cls = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # Optional[X] -> X
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    if name not in fields:
+        return dataclasses.MISSING
+    field = fields[name]
+    if field.default is not dataclasses.MISSING:
+        return to_plain(field.default)
+    if field.default_factory is not dataclasses.MISSING:
+        return to_plain(field.default_factory())
+    return dataclasses.MISSING
 
 
 def config_from_dict(data: Any) -> Config:
@@ -290,19 +375,35 @@ def config_from_dict(data: Any) -> Config:
     task = task_from_config(data.get("task"))
     measures = data.get("measures") or {}
     if not isinstance(measures, dict):
-        raise ConfigError("measures", f"expected a mapping of measure names to options, got {measures!r}")
+        raise ConfigError("measures", f"expected a mapping of measure names to options, got {short(measures)}")
     measures = {str(name): options for name, options in measures.items() if options is not None}  # null: off
     return build(Config, {**data, "task": task, "measures": measures})
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config, apply `key=value` overrides (dotted keys, YAML values), validate."""
+    """Read a YAML config, apply `key=value` overrides (dotted keys, YAML values), validate.
+
+    A run directory's own config.yaml stands for that directory wherever it is (moved, copied,
+    or named from another working directory): `toytasks train RUN_DIR/config.yaml --resume`
+    resumes RUN_DIR, whatever `out_dir` the file holds."""
     path = Path(path)
     if not path.is_file():
         raise ToytasksError(f"{path}: config file not found")
     data = read_yaml(path)
     data.setdefault("experiment", path.stem)
-    return config_from_dict(apply_overrides(data, overrides))
+    config = config_from_dict(apply_overrides(data, overrides))
+    run_dir = path.parent
+    if (path.name == "config.yaml" and run_dir.resolve().name == config.run_id
+            and run_dir.resolve().parent.name == config.experiment and not _same_dir(config.run_dir, run_dir)):
+        config = dataclasses.replace(config, out_dir=os.path.abspath(run_dir.parent.parent))
+    return config
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -320,15 +421,50 @@ _YamlLoader.add_implicit_resolver(
 
 
 def parse_yaml(text: str):
-    return yaml.load(text, Loader=_YamlLoader)
+    """YAML text as plain data, refusing an alias bomb: a few hundred characters whose aliases
+    stand for millions of values (they would be expanded when the config is hashed or printed)."""
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise ToytasksError(f"its aliases expand to more than {MAX_YAML_NODES:,} values")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ToytasksError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """How many values `node` stands for with every alias expanded (each shared node counted once
+    per use, computed once: the cost is that of the text, not of the expansion)."""
+    if id(node) not in sizes:
+        sizes[id(node)] = MAX_YAML_NODES + 1  # a node met again while being sized is a cycle
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += _expanded_size(child, sizes)
+            if total > MAX_YAML_NODES:
+                break
+        sizes[id(node)] = total
+    return sizes[id(node)]
 
 
 def read_yaml(path: Path) -> dict:
     """A YAML file holding a mapping, as plain data."""
     try:
         data = parse_yaml(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+    except (yaml.YAMLError, ValueError, ToytasksError) as error:  # ValueError: not text, or a 5,000-digit number
         raise ToytasksError(f"{path}: not valid YAML ({first_line(error)})") from None
+    except OSError as error:
+        raise ToytasksError(f"{path}: cannot read ({error.strerror})") from None
     if not isinstance(data, dict):
         raise ToytasksError(f"{path}: expected a mapping of config fields at the top level")
     return data
@@ -340,12 +476,12 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ToytasksError(f"override {item!r}: expected key=value, e.g. optim.lr=3e-3")
+            raise ToytasksError(f"override {short(item)}: expected key=value, e.g. optim.lr=3e-3")
         try:
             value = parse_yaml(text) if text.strip() else None
-        except yaml.YAMLError as error:
-            raise ToytasksError(f"override {item!r}: value is not valid YAML ({first_line(error)})") from None
-        set_dotted(data, key.strip(), value, f"override {item!r}")
+        except (yaml.YAMLError, ValueError, ToytasksError) as error:
+            raise ToytasksError(f"override {short(item)}: value is not valid YAML ({first_line(error)})") from None
+        set_dotted(data, key.strip(), value, f"override {short(item)}")
     return data
 
 
@@ -363,4 +499,12 @@ def set_dotted(data: dict, key: str, value: Any, where: str) -> None:
 def _check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         shown = ", ".join("null" if a is None else str(a) for a in allowed)
-        raise ConfigError(field, f"must be one of {shown}, got {value!r}")
+        raise ConfigError(field, f"must be one of {shown}, got {short(value)}")
+
+
+def _check_name(field: str, name: str) -> None:
+    """A name that becomes one directory: no path separator, not `.`/`..`/hidden, not too long."""
+    if (not name or name.startswith(".") or len(name) > MAX_NAME or not name.isprintable()
+            or any(c in name for c in "/\\")):
+        raise ConfigError(field, f"must be a name of 1 to {MAX_NAME} printable characters, without '/' or "
+                                 f"'\\' and not starting with '.', got {short(name)}")

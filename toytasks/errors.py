@@ -1,9 +1,27 @@
 """The one exception type a user sees: the CLI prints it as a one-line error and exits with 2."""
+import reprlib
+
+MAX_LINE = 300  # characters of an error message the CLI prints; the rest is cut
+
+_REPR = reprlib.Repr()  # (keyword arguments need Python 3.12)
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 4, 6, 6, 6
+_REPR.maxstring = _REPR.maxother = 60
 
 
 def first_line(error: Exception) -> str:
     """An exception's message cut to one line (for one-line errors that wrap a library's)."""
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return one_line(str(error)) if str(error).strip() else type(error).__name__
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """The first line of `text`, at most `limit` characters."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def short(value) -> str:
+    """repr(value), bounded: for a value quoted in an error message, however large it is."""
+    return one_line(_REPR.repr(value), 80)
 
 
 class ToytasksError(Exception):
@@ -28,3 +46,7 @@ class NonFiniteLoss(ToytasksError):
     def __init__(self, step: int, message: str = "", run: int = 0):
         self.step, self.run = step, run  # run: which of the runs trained together
         super().__init__(message or f"non-finite training loss at step {step}")
+
+
+class ToytasksWarning(UserWarning):
+    """Something the user should know that does not stop the work (a broken run left out of a set)."""

@@ -64,9 +64,10 @@ def key_freq_mask(fractions: torch.Tensor, threshold: float, min_neuron_frac: fl
     return belongs.sum(dim=0) >= min_neurons
 
 
-def sum_directions(p: int, device=None) -> torch.Tensor:
-    """[p//2, 2, p*p]: cos(w(a+b)) and sin(w(a+b)) over the (a, b) grid, each normalised."""
-    s = (torch.arange(p, device=device)[:, None] + torch.arange(p, device=device)[None, :]).flatten()
+def sum_directions(p: int, device=None, sign: int = 1) -> torch.Tensor:
+    """[p//2, 2, p*p]: cos(w(a+b)) and sin(w(a+b)) over the (a, b) grid, each normalised
+    (with sign=-1, of a-b: the same analysis for modular subtraction)."""
+    s = (torch.arange(p, device=device)[:, None] + sign * torch.arange(p, device=device)[None, :]).flatten()
     freqs = torch.arange(1, p // 2 + 1, device=device)[:, None]
     angles = 2 * torch.pi / p * (freqs * s)
     directions = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
@@ -86,10 +87,10 @@ def cross_entropy64(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -log_probs.gather(dim=-1, index=labels[:, None])[:, 0].mean()
 
 
-def logit_cos_coefficients(logits: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+def logit_cos_coefficients(logits: torch.Tensor, p: int, sign: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """The projection of the logit cube L[a, b, c] onto the normalised cube cos(w_k(a+b-c)) for each
     frequency k = 1..p//2 (the seed's `get_cos_coeffs`), and |L|^2. logits: [p*p, p], rows in (a, b)
-    order; float64.
+    order; float64. sign=-1 projects onto cos(w_k(a-b-c)) instead (modular subtraction).
 
     cos(w(a+b-c)) = cos(w(a+b)) cos(wc) + sin(w(a+b)) sin(wc), so the projections are computed
     without building the seed's [p//2, p, p, p] cube.
@@ -97,7 +98,7 @@ def logit_cos_coefficients(logits: torch.Tensor, p: int) -> tuple[torch.Tensor, 
     logits = logits.to(torch.float64)
     x = torch.arange(p, device=logits.device, dtype=torch.float64)
     w = 2 * torch.pi / p * torch.arange(1, p // 2 + 1, device=logits.device, dtype=torch.float64)[:, None]
-    s = (x[:, None] + x[None, :]).flatten()  # a + b, [p*p]
+    s = (x[:, None] + sign * x[None, :]).flatten()  # a + b (or a - b), [p*p]
     u = torch.stack([torch.cos(w * s), torch.sin(w * s)], dim=1)  # [p//2, 2, p*p]
     v = torch.stack([torch.cos(w * x), torch.sin(w * x)], dim=1)  # [p//2, 2, p]
     dot = torch.einsum("kti,ic,ktc->k", u, logits, v)  # <L, cube_k>
@@ -112,10 +113,12 @@ def residual_frac(coefficients: torch.Tensor, total: torch.Tensor, mask: torch.T
     return (total - (coefficients.pow(2) * mask).sum()).clamp_min(0).sqrt() / total.sqrt()
 
 
-def logit_periodicity(logits: torch.Tensor, mask: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+def logit_periodicity(logits: torch.Tensor, mask: torch.Tensor, p: int,
+                      sign: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """The cosine similarity of L with cos(w(a+b-c)) for every frequency [p//2] (the seed's
-    `get_cos_sim`), and the residual fraction after the masked frequencies."""
-    coefficients, total = logit_cos_coefficients(logits, p)
+    `get_cos_sim`), and the residual fraction after the masked frequencies (sign=-1: with
+    cos(w(a-b-c)), for modular subtraction)."""
+    coefficients, total = logit_cos_coefficients(logits, p, sign)
     return coefficients / total.sqrt(), residual_frac(coefficients, total, mask)
 
 

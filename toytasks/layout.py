@@ -6,12 +6,15 @@
       data/            the train/test split of a finite task (a DatasetDict)
       series/          step_000100.safetensors ...: the weights at each scheduled step
       last.ckpt        resumable: weights, optimizer, schedule, data generator
+      last.ckpt.next   an ensemble's next last.ckpt while all its seeds' files are committed
       metrics.csv      one row per logged step
       tb/              TensorBoard events
       plots/           PNGs written by `toytasks plot`
       analysis/        run.map's cache: <name>.csv
       <summary>.json   a measure's end-of-run summary (phases.json, heads.json)
-      .lock            held by the process writing the run
+      <measure>/       a measure's own files, e.g. llc/ (its settings and per-chain traces)
+      .lock            held by the process writing the run (an flock: released when it dies)
+      .<name>.<random>.tmp   a write in progress (toytasks/files.py); removed when found stale
 
 Everything else reaches these paths through `RunPaths(run_dir)`.
 """
@@ -37,12 +40,17 @@ class RunPaths:
     data = property(lambda self: self.root / "data")
     series_dir = property(lambda self: self.root / "series")
     resumable = property(lambda self: self.root / "last.ckpt")
+    staged_resumable = property(lambda self: self.root / "last.ckpt.next")
     metrics = property(lambda self: self.root / "metrics.csv")
     tensorboard = property(lambda self: self.root / "tb")
     plots = property(lambda self: self.root / "plots")
     analysis = property(lambda self: self.root / "analysis")
     lock = property(lambda self: self.root / ".lock")
     train_log = property(lambda self: self.root / "train.log")  # a sweep worker's output
+
+    def directories(self) -> list[Path]:
+        """The subdirectories toytasks writes into."""
+        return [self.data, self.series_dir, self.tensorboard, self.plots, self.analysis]
 
     def series(self, step: int) -> Path:
         return self.series_dir / f"step_{step:06d}.safetensors"
@@ -54,6 +62,10 @@ class RunPaths:
 
     def summary(self, name: str) -> Path:
         """A measure's end-of-run summary file, e.g. `phases.json`."""
+        return self.root / name
+
+    def measure_dir(self, name: str) -> Path:
+        """A measure's own files (not created here)."""
         return self.root / name
 
     def is_run(self) -> bool:

@@ -30,8 +30,18 @@ def build_model(cfg: ModelConfig, task: Task, seed: int, device: str | torch.dev
     model = TransformerBridge.boot_native(arch, device=device)
     if cfg.init == "hooked":
         init_hooked(model.original_model, arch, seed)
+    if cfg.init_scale != 1.0:  # at 1.0 the weights are left untouched, bit for bit
+        scale_parameters(model, cfg.init_scale)
     apply_frozen_parts(model, cfg)
     return model
+
+
+@torch.no_grad()
+def scale_parameters(model: torch.nn.Module, factor: float) -> None:
+    """Multiply every parameter by `factor`, as Omnigrok's `param.data *= alpha` does (biases and
+    positional embeddings that start or stay at zero stay zero; LayerNorm weights are scaled too)."""
+    for param in model.parameters():
+        param.mul_(factor)
 
 
 def init_hooked(native: torch.nn.Module, arch: TransformerBridgeConfig, seed: int) -> None:

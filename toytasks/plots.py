@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .files import write_atomically
+
 
 def imshow(tensor, title: str = "", xlabel: str = "", ylabel: str = "", x=None, y=None, facets=None,
            symmetric: bool = True, cmap: str = "RdBu", vmin=None, vmax=None, figsize=None):
@@ -124,7 +126,10 @@ def phase_lines(ax, phase_steps: dict) -> None:
 
 
 def save_figure(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Write a figure as its file's suffix says (png), atomically (toytasks/files.py), and close it."""
+    try:
+        fig.tight_layout()
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return path

@@ -3,15 +3,19 @@
 Only the types configs use are supported: bool, int, float, str, Optional[...], tuple[T, ...]
 of fixed length, list[T], and nested dataclasses. An int is accepted where a float is asked for;
 nothing else is coerced (`max_steps: abc` or `max_steps: true` is an error, not a surprise).
+Numbers must be finite (`.nan` and `.inf` are errors) and integers fit in 64 bits (torch's).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, short
+
+INT_LIMIT = 2 ** 63  # integers are torch int64 values (seeds, sizes)
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
@@ -19,7 +23,7 @@ _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str:
 def build(cls: type, data: Any, where: str = ""):
     """`cls(**data)` after checking keys and value types; errors are prefixed with `where`."""
     if not isinstance(data, Mapping):
-        raise ConfigError(where, f"expected a mapping of fields, got {data!r}")
+        raise ConfigError(where, f"expected a mapping of fields, got {short(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:
@@ -53,23 +57,34 @@ def convert(tp: Any, value: Any, where: str):
         return value if isinstance(value, tp) else build(tp, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(where, f"expected a list of {len(args)} values, got {value!r}")
+            raise ConfigError(where, f"expected a list of {len(args)} values, got {short(value)}")
         return tuple(convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(where, f"expected a list, got {value!r}")
+            raise ConfigError(where, f"expected a list, got {short(value)}")
         return [convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(where, f"expected a mapping, got {value!r}")
+            raise ConfigError(where, f"expected a mapping, got {short(value)}")
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = _check_int(value, where)
         return float(value)
     if tp in _TYPE_WORDS:
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            if tp is int:
+                return _check_int(value, where)
+            if tp is float and not math.isfinite(value):
+                raise ConfigError(where, f"must be a finite number, got {value}")
             return value
-        raise ConfigError(where, f"expected {_TYPE_WORDS[tp]}, got {value!r}")
+        raise ConfigError(where, f"expected {_TYPE_WORDS[tp]}, got {short(value)}")
     raise TypeError(f"unsupported config type {tp}")
+
+
+def _check_int(value: int, where: str) -> int:
+    if not -INT_LIMIT <= value < INT_LIMIT:
+        raise ConfigError(where, f"{short(value)} is out of range (integers are 64-bit)")
+    return value
 
 
 def to_plain(obj: Any) -> Any:

@@ -1,17 +1,18 @@
 """Writing a run directory (and reading back its plain files): the rules for reusing it, its lock,
 meta.json, the stored dataset and the series files. Paths come from toytasks/layout.py.
 
-Every file is written to a temporary name and renamed into place, so a crash never leaves a
-truncated file under a final name. A lock file holding the owner's host and PID keeps two
-processes out of one run; a lock whose process is gone is stale and taken over. Series files are
+Every file is written under a fresh temporary name and renamed into place (toytasks/files.py), so
+a crash never leaves a truncated file under a final name, and what a killed write leaves is
+removed the next time the run is opened. One process at a time writes a run directory: it holds
+the run's lock, which the operating system releases when that process dies. Series files are
 safetensors: loading one never runs code.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import time
@@ -21,68 +22,105 @@ import torch
 
 from .config import Config
 from .errors import ToytasksError, first_line
-from .files import write_atomically, write_text
+from .files import (describe, dir_mode, discard_temporary, make_dir, remove_path, remove_temporaries,
+                    temporary_name, write_bytes, write_text)
 from .layout import RunPaths
 
 
 def prepare_run_dir(config: Config, resume: bool, overwrite: bool) -> Path:
-    """Create the run directory, refusing to silently overwrite an earlier run in it."""
+    """Make the run directory ready to train into, refusing to silently overwrite an earlier run
+    in it. The caller holds the run's lock (RunLock)."""
     run_dir = config.run_dir
-    meta = read_meta(run_dir)
-    if meta and overwrite:
-        shutil.rmtree(run_dir)
-    elif meta.get("finished"):
-        raise ToytasksError(f"{run_dir} already holds a finished run; pass --overwrite to train it again")
-    elif meta and not resume:
-        raise ToytasksError(f"{run_dir} holds an unfinished run; "
-                            "pass --resume to continue it or --overwrite to start over")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(RunPaths(run_dir).config, config.to_yaml())
+    paths = RunPaths(run_dir)
+    if overwrite:
+        clear_run_dir(run_dir)
+    else:
+        meta = read_meta(run_dir)
+        if meta.get("finished"):
+            raise ToytasksError(f"{run_dir} already holds a finished run; pass --overwrite to train it again")
+        if meta and not resume:
+            raise ToytasksError(f"{run_dir} holds an unfinished run; "
+                                "pass --resume to continue it or --overwrite to start over")
+        for directory in (paths.root, paths.series_dir):
+            remove_temporaries(directory)  # left by a killed write
+    check_directories(paths)
+    write_text(paths.config, config.to_yaml())
     return run_dir
 
 
-class RunLock:
-    """`with RunLock(run_dir):` one training process per run directory."""
+def clear_run_dir(run_dir: Path) -> None:
+    """Delete everything in a run directory but its lock (held by the caller, and kept so that no
+    other process can take a fresh one meanwhile)."""
+    lock = RunPaths(run_dir).lock.name
+    for entry in os.scandir(run_dir):
+        if entry.name != lock:
+            remove_path(Path(entry.path))
 
-    def __init__(self, run_dir: Path):
-        self.path = RunPaths(run_dir).lock
-        self.owner = f"{socket.gethostname()} {os.getpid()}"
+
+def check_directories(paths: RunPaths) -> None:
+    """Refuse a run directory whose subdirectories are symlinks: writes would land elsewhere."""
+    for path in paths.directories():
+        if path.is_symlink():
+            raise ToytasksError(f"{path} is a symbolic link; toytasks writes only into real directories "
+                                "(remove it and run again)")
+
+
+class RunBusy(ToytasksError):
+    """Another live process holds the run's lock."""
+
+
+class RunLock:
+    """`with RunLock(run_dir):` one process at a time writes a run directory (training, `--overwrite`,
+    `toytasks measure`).
+
+    An advisory lock (flock) on RUN_DIR/.lock, which the operating system releases when its holder
+    exits however it dies: there is no stale lock to take over, and no race in taking one over.
+    The file names the holder (host, PID, what it does) for the error message only."""
+
+    def __init__(self, run_dir: Path, purpose: str = "training"):
+        self.run_dir, self.path = Path(run_dir), RunPaths(run_dir).lock
+        self.owner = f"{socket.gethostname()} pid {os.getpid()}, {purpose}"
+        self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        for _ in range(2):
+        make_dir(self.run_dir)
+        while True:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._stale():
-                    raise ToytasksError(f"{self.path.parent} is in use by another process "
-                                        f"({self.path.read_text().strip() or 'unknown'}); "
-                                        f"if that process is gone, delete {self.path}") from None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(self.owner)
-            return self
-        raise ToytasksError(f"{self.path}: could not take the run's lock")
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            except OSError as error:
+                raise ToytasksError(f"{self.path}: cannot open the run's lock ({describe(error)})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                holder = os.read(fd, 200).decode(errors="replace").strip()
+                os.close(fd)
+                if isinstance(error, BlockingIOError):
+                    raise RunBusy(f"{self.run_dir} is in use by another process ({holder or 'starting up'})") from None
+                raise ToytasksError(f"{self.path}: cannot lock ({describe(error)})") from None
+            if self._still_there(fd):
+                break
+            os.close(fd)  # its last holder removed it between our open and flock: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{self.owner}\n".encode())
+        self.fd = fd
+        return self
+
+    def _still_there(self, fd: int) -> bool:
+        try:
+            here, ours = os.lstat(self.path), os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        return (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
 
     def __exit__(self, *exc) -> None:
-        if self.path.exists() and self.path.read_text() == self.owner:
-            self.path.unlink()
-
-    def _stale(self) -> bool:
-        """True when the lock's process is known to be gone (same host, no such PID)."""
+        if self.fd is None:
+            return
         try:
-            host, pid = self.path.read_text().split()
-        except (OSError, ValueError):
-            return True  # empty or unreadable: a crash between create and write
-        if host != socket.gethostname():
-            return False  # cannot tell: the other host may still be training
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+            if self._still_there(self.fd):
+                self.path.unlink()  # while still holding it; a waiter then sees it gone and retries
+        finally:
+            os.close(self.fd)
+            self.fd = None
 
 
 def load_or_make_dataset(config: Config, run_dir: Path):
@@ -94,17 +132,36 @@ def load_or_make_dataset(config: Config, run_dir: Path):
 
     disable_progress_bar()  # a bar per shard for a few kB of data is noise
     path = RunPaths(run_dir).data
-    if not path.exists():
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        config.task.make_dataset().save_to_disk(str(tmp))
-        tmp.rename(path)
+    if not path.exists():  # written whole into a fresh hidden directory, then renamed into place
+        tmp = path.with_name(temporary_name(path.name))
+        try:
+            os.mkdir(tmp, dir_mode())
+            config.task.make_dataset().save_to_disk(str(tmp))
+            os.rename(tmp, path)
+        except BaseException as error:
+            discard_temporary(tmp)
+            if isinstance(error, OSError):
+                raise ToytasksError(f"{path}: cannot write the dataset ({describe(error)})") from None
+            raise
     return load_from_disk(str(path))
 
 
 def read_meta(run_dir: Path) -> dict:
+    """meta.json as a dict ({} when there is none yet); a one-line error when it is corrupted."""
     path = RunPaths(run_dir).meta
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        raise ToytasksError(f"{path}: cannot read ({describe(error)})") from None
+    except ValueError as error:  # not JSON, or not text
+        raise ToytasksError(f"{path}: corrupted ({first_line(error)}); delete it to treat the run as "
+                            "unfinished, or train it again with --overwrite") from None
+    if not isinstance(meta, dict):
+        raise ToytasksError(f"{path}: corrupted (not a JSON object); delete it to treat the run as unfinished, "
+                            "or train it again with --overwrite")
+    return meta
 
 
 def write_meta(run_dir: Path, config: Config, **fields) -> dict:
@@ -137,10 +194,11 @@ def write_json(path: Path, data: dict) -> None:
 
 def save_weights(model: torch.nn.Module, path: Path, step: int) -> None:
     """A series file: the model's state dict as safetensors, with its step in the metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    write_atomically(path, lambda tmp: save_file(state, str(tmp), metadata={"step": str(step)}))
+    # Serialised here and written by us: safetensors' save_file creates its files 0600.
+    write_bytes(path, save(state, metadata={"step": str(step)}))
 
 
 def load_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -9,12 +9,21 @@ A sweep file (YAML), e.g. configs/sweeps/grokking_weight_decay.yaml:
       optim.weight_decay: [0.3, 1, 3]  # product, in this order, the last key varying fastest
       seed: [0, 1, 2]
 
+A sweep may also name `arms`: alternatives that are not a product, each a mapping of dotted
+overrides (`orthograd: {optim.orthograd: true, optim.weight_decay: 0}`; `{}` for the base as it
+is). Every arm is crossed with the grid, the arm varying slowest unless the grid lists the arm
+names under the key `arm` where they should vary (`grid: {optim.lr: [...], arm: [a, b], seed: [...]}`
+trains every arm at the first learning rate first). An arm's overrides apply before the grid's
+values. With arms the grid is optional.
+
 Every point is a fully resolved Config, and its run directory follows from it (`run_id`), so a
 re-run finds its runs: finished ones are skipped, interrupted ones resume from `last.ckpt`, new
 ones start. A point whose config has `seeds` is an ensemble, trained in one process.
 
 `run_sweep` runs the points in `jobs` worker processes (`toytasks sweep FILE --index I`, the
-same command an array job runs on a cluster); `train_point` is what one worker does.
+same command an array job runs on a cluster); `train_point` is what one worker does. A Ctrl-C or
+SIGTERM starts no further point and asks the running workers to stop at the end of their step,
+each with a resumable checkpoint; such points are reported as interrupted.
 
 With `vmap` (`toytasks sweep FILE --vmap`) the unit of work is a group instead of a point: the
 points whose runs differ only in per-run fields (toytasks/groups.py: seeds, learning rate, weight
@@ -28,7 +37,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -38,13 +49,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import Config, apply_overrides, config_from_dict, read_yaml, set_dotted
-from .errors import NonFiniteLoss, ToytasksError
+from .errors import NonFiniteLoss, ToytasksError, one_line, short
 from .groups import PER_RUN, shared_fields
+from .interrupts import Interrupted, signal_name
 from .measures import check_measures
 from .layout import RunPaths
-from .storage import prepare_run_dir, read_meta
+from .storage import RunBusy, RunLock, prepare_run_dir, read_meta
 
-SWEEP_KEYS = ("base", "experiment", "overrides", "grid")
+SWEEP_KEYS = ("base", "experiment", "overrides", "arms", "grid")
+# Points in one sweep file. Each is validated, listed and checked for its status when the file is
+# read (about 1 ms each), and becomes a run directory: beyond this, split the sweep into several.
+MAX_POINTS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +82,8 @@ class Point:
         return [member.run_dir for member in self.members]
 
     def status(self) -> str:
-        """finished, unfinished, failed (stopped on a non-finite loss; retried like unfinished) or new."""
+        """finished, unfinished, failed (stopped on a non-finite loss; retried like unfinished), new,
+        or broken (its meta.json is unreadable: training it says why)."""
         return _status(self.run_dirs)
 
 
@@ -97,7 +113,10 @@ class Group:
 
 
 def _status(run_dirs: list[Path]) -> str:
-    metas = [read_meta(run_dir) for run_dir in run_dirs]
+    try:
+        metas = [read_meta(run_dir) for run_dir in run_dirs]
+    except ToytasksError:
+        return "broken"
     if all(meta.get("finished") for meta in metas):
         return "finished"
     if any(meta.get("failed") for meta in metas):
@@ -158,14 +177,18 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     for key, value in fixed.items():
         set_dotted(base, str(key), value, f"{path}: overrides.{key}")
     base = apply_overrides(base, overrides)
-    grid = _grid(path, spec.get("grid"))
+    arms = _arms(path, spec.get("arms"))
+    grid = _grid(path, spec.get("grid"), arms)
 
     points, seen = [], {}
     for index, combination in enumerate(itertools.product(*grid.values())):
         values = dict(zip(grid, combination))
         data = copy.deepcopy(base)
+        for key, value in (arms or {}).get(values.get("arm"), {}).items():
+            set_dotted(data, key, value, f"{path}: arms.{values['arm']}.{key}")
         for key, value in values.items():
-            set_dotted(data, key, value, f"{path}: grid.{key}")
+            if key != "arm":
+                set_dotted(data, key, value, f"{path}: grid.{key}")
         try:
             config = config_from_dict(data)
             check_measures(config)
@@ -191,13 +214,40 @@ def _base_data(path: Path, spec: dict) -> dict:
     return read_yaml(base_path)
 
 
-def _grid(path: Path, grid: Any) -> dict[str, list]:
-    if not isinstance(grid, dict) or not grid:
+def _arms(path: Path, arms: Any) -> dict[str, dict] | None:
+    if arms is None:
+        return None
+    if not isinstance(arms, dict) or not arms:
+        raise ToytasksError(f"{path}: arms: expected a mapping of arm names to mappings of dotted overrides")
+    for name, arm in arms.items():
+        if not isinstance(arm, dict) and arm is not None:
+            raise ToytasksError(f"{path}: arms.{name}: expected a mapping of dotted keys to values, got {arm!r}")
+    return {str(name): {str(k): v for k, v in (arm or {}).items()} for name, arm in arms.items()}
+
+
+def _grid(path: Path, grid: Any, arms: dict[str, dict] | None) -> dict[str, list]:
+    """The grid's keys and values, with `arm` (the arm names) where the arms vary: where the grid
+    lists them, else first."""
+    if grid is None and arms is not None:
+        grid = {}
+    elif not isinstance(grid, dict) or not grid:
         raise ToytasksError(f"{path}: grid: is required, a mapping of dotted keys to lists of values")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ToytasksError(f"{path}: grid.{key}: expected a non-empty list of values, got {values!r}")
-    return {str(key): values for key, values in grid.items()}
+    grid = {str(key): values for key, values in grid.items()}
+    if "arm" in grid:
+        unknown = [name for name in grid["arm"] if arms is None or name not in arms]
+        if unknown:
+            raise ToytasksError(f"{path}: grid.arm: {unknown[0]!r} is not one of the sweep's arms "
+                                f"({', '.join(arms or {}) or 'it names none'})")
+    elif arms is not None:
+        grid = {"arm": list(arms), **grid}
+    points = math.prod(len(values) for values in grid.values())
+    if points > MAX_POINTS:
+        raise ToytasksError(f"{path}: grid: {points:,} points, more than the {MAX_POINTS:,} a sweep file may "
+                            "hold; split it into several sweep files")
+    return grid
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -245,7 +295,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print, v
     `vmap`, each group of points as one stacked run in its own process).
 
     Every point's resolved config is written to its run directory before anything trains.
-    Returns the points (or groups) that failed; the others run to the end regardless.
+    Returns the points (or groups) that failed or were interrupted; the others run to the end
+    regardless. A Ctrl-C or SIGTERM to this process stops the running points at the end of their
+    step, each with a resumable checkpoint, and raises Interrupted after the summary.
     """
     if jobs < 1:
         raise ToytasksError(f"-j {jobs}: must be at least 1")
@@ -258,14 +310,14 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print, v
     statuses = {unit.index: unit.status() for unit in units}
     todo = [unit for unit in units if statuses[unit.index] != "finished"]
     for unit in todo:
-        for member in unit.members:
-            if not read_meta(member.run_dir).get("finished"):
-                prepare_run_dir(member, resume=True, overwrite=False)
+        if statuses[unit.index] != "broken":  # its worker will say what is wrong
+            for member in unit.members:
+                _write_config(member)
     for point in units:
         if statuses[point.index] == "finished":
             say(f"[{point.index + 1}/{total}] finished, skipped  {point.run_dirs[0]}  {point.label}")
 
-    lock, failed = threading.Lock(), []
+    lock, trained, failed, interrupted, workers = threading.Lock(), [], [], [], {}
     env = worker_env(jobs)
 
     def run(point: Point) -> None:
@@ -276,30 +328,76 @@ def run_sweep(sweep: Sweep, jobs: int = 1, say: Callable[[str], None] = print, v
         started = time.time()
         command = [sys.executable, "-m", "toytasks.cli", "sweep", str(sweep.path), *sweep.overrides,
                    "--index", str(point.index), "--no-progress", *(["--vmap"] if vmap else [])]
-        with open(log, "a") as out:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        # Appended to, never through a symlink planted in the run directory.
+        with os.fdopen(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666), "a") as out:
+            with lock:
+                if stopping.is_set():
+                    return
+                workers[point.index] = worker = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+            code = worker.wait()
+            with lock:
+                del workers[point.index]
         seconds = time.time() - started
         with lock:
             if code == 0:
+                trained.append(point)
                 say(f"[{point.index + 1}/{total}] done in {seconds:.0f} s  {point.run_dirs[0]}")
+            elif code - 128 in (signal.SIGINT, signal.SIGTERM) or -code in (signal.SIGINT, signal.SIGTERM):
+                interrupted.append(point)
+                say(f"[{point.index + 1}/{total}] interrupted ({signal_name(abs(code) % 128)}) after {seconds:.0f} s: "
+                    f"{_last_line(log)}")
             else:
                 failed.append(point)
                 say(f"[{point.index + 1}/{total}] FAILED (exit {code}) after {seconds:.0f} s: "
                     f"{_last_line(log)}  (log: {log})")
 
+    stopping = threading.Event()
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
         list(pool.map(run, todo))
-    except KeyboardInterrupt:  # Ctrl-C reaches the workers too; start no further point
+    except Interrupted as stop:
+        # Start no further point; the running ones stop at the end of their step, with a resumable
+        # checkpoint (a SIGTERM: a worker that had the terminal's Ctrl-C too takes it as one request).
+        stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
-        raise
+        with lock:
+            running = list(workers.values())
+        for worker in running:
+            worker.send_signal(signal.SIGTERM)
+        pool.shutdown(wait=True)
+        _summary(sweep, units, todo, trained, failed, interrupted, say)
+        n = len(interrupted)
+        raise Interrupted(stop.signum, f"sweep {sweep.name} interrupted by {signal_name(stop.signum)}: "
+                                       f"{n} point{'s' if n != 1 else ''} stopped with a resumable checkpoint; "
+                                       "running the same command again resumes them") from None
     pool.shutdown()
-    failed.sort(key=lambda p: p.index)
-    kind = "group" if vmap else "point"
-    say(f"sweep {sweep.name}: {total} {kind}s, {total - len(todo)} already finished, {len(todo) - len(failed)} "
-        f"trained now, {len(failed)} failed" + "".join(f"{'; ' if i else ': '}{kind} {p.index} ({p.label})"
-                                                      for i, p in enumerate(failed)))
-    return failed
+    _summary(sweep, units, todo, trained, failed, interrupted, say)
+    return sorted(failed + interrupted, key=lambda p: p.index)
+
+
+def _summary(sweep: Sweep, units: list, todo: list, trained: list, failed: list, interrupted: list, say) -> None:
+    """One line: how many points (or groups, with --vmap) finished before, trained now, failed or
+    were interrupted, naming the last two."""
+    total, done = len(units), len(trained)
+    kind = "group" if units and isinstance(units[0], Group) else "point"
+    listed = lambda points: "".join(f"{'; ' if i else ': '}{kind} {p.index} ({p.label})"
+                                    for i, p in enumerate(sorted(points, key=lambda p: p.index)))
+    line = (f"sweep {sweep.name}: {total} {kind}s, {total - len(todo)} already finished, {done} trained now, "
+            f"{len(failed)} failed{listed(failed)}")
+    if interrupted:
+        line += f", {len(interrupted)} interrupted{listed(interrupted)}"
+    say(line)
+
+
+def _write_config(member: Config) -> None:
+    """A point's resolved config into its run directory, under its lock; a run that another
+    process is training already has its config."""
+    try:
+        with RunLock(member.run_dir, purpose="toytasks sweep, writing the config"):
+            if not read_meta(member.run_dir).get("finished"):
+                prepare_run_dir(member, resume=True, overwrite=False)
+    except RunBusy:
+        pass
 
 
 def worker_env(jobs: int) -> dict[str, str]:
@@ -315,4 +413,4 @@ def worker_env(jobs: int) -> dict[str, str]:
 
 def _last_line(path: Path) -> str:
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(no output)"
+    return one_line(lines[-1]) if lines else "(no output)"

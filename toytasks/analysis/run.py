@@ -9,15 +9,21 @@
     run.model_at(s)   a TransformerBridge with the weights after s steps (CPU, eval mode)
     run.models()      (step, model) over the series
     run.map(fn, name) fn(model) at every checkpoint as a DataFrame, cached in the run directory
+                      (or, for a run you cannot write to, in ~/.cache/toytasks/)
     run.metrics       a pandas DataFrame: a `step` column and one column per metric
     run.measure(name) a progress measure (toytasks/measures/) built for this run: `run.map(run.measure("heads"), "heads")`
+    run.essential_dynamics()  the outputs' principal components over training (analysis/essential_dynamics.py)
     run.paths         where its files are (toytasks/layout.py)
 """
 from __future__ import annotations
 
+import errno
 import functools
+import hashlib
 import numbers
+import os
 import re
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,9 +31,10 @@ import torch
 
 from ..config import Config, config_from_dict, read_yaml
 from ..data import sample_seed
-from ..errors import ToytasksError
-from ..files import write_atomically
+from ..errors import ConfigError, ToytasksError, ToytasksWarning, first_line
+from ..files import WriteError, write_atomically
 from ..layout import RunPaths
+from ..metrics_table import read_frame
 from ..model import apply_frozen_parts, build_model
 from ..storage import load_weights
 from ..tasks import batch_from_split
@@ -41,7 +48,11 @@ class Run:
         self.paths = RunPaths(self.path)
         if not self.paths.is_run():
             raise ToytasksError(f"{self.path}: not a run directory (no {self.paths.config.name})")
-        self.config: Config = config_from_dict(read_yaml(self.paths.config))
+        try:
+            self.config: Config = config_from_dict(read_yaml(self.paths.config))
+        except ConfigError as error:  # read_yaml's own errors name the file
+            raise ToytasksError(f"{self.paths.config}: {first_line(error)}") from None
+        self._cache_elsewhere = False  # run.map's tables go to cache_dir() (the run is read-only)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, task={self.task.name}, steps={len(self.steps)})"
@@ -135,9 +146,8 @@ class Run:
 
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ToytasksError(f"run.map: name {name!r} must be a file name: letters, digits, _ . = + -")
-        path = self.paths.analysis / f"{name}.csv"
         wanted = self.select_steps(every, steps)
-        cached = pd.read_csv(path) if path.exists() and not recompute else None
+        cached = self._read_cache(name) if not recompute else None
         done = set() if cached is None else set(cached["step"])
         todo = [s for s in wanted if s not in done]
         rows = []
@@ -149,10 +159,43 @@ class Run:
             if rows:
                 cached = pd.concat([t for t in (cached, pd.DataFrame(rows)) if t is not None], ignore_index=True)
                 cached = cached.sort_values("step", ignore_index=True)
-                write_atomically(path, lambda tmp: cached.to_csv(tmp, index=False))
+                self._write_cache(name, cached)
         if cached is None:  # an empty series
             return pd.DataFrame({"step": pd.Series([], dtype=int)})
         return cached[cached["step"].isin(wanted)].reset_index(drop=True)
+
+    def _read_cache(self, name: str):
+        import pandas as pd
+
+        for path in (self.cache_dir() / f"{name}.csv", self.paths.analysis / f"{name}.csv"):
+            if path.exists():  # the one elsewhere first: written only after this one could not be
+                try:
+                    return pd.read_csv(path)
+                except (ValueError, OSError) as error:
+                    raise ToytasksError(f"{path}: unreadable ({first_line(error)}); delete it, or "
+                                        "pass recompute=True") from None
+        return None
+
+    def _write_cache(self, name: str, table) -> None:
+        if not self._cache_elsewhere:
+            try:
+                write_atomically(self.paths.analysis / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))
+                return
+            except WriteError as error:
+                if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+            self._cache_elsewhere = True
+            warnings.warn(f"{self.path} is read-only: run.map caches its tables in {self.cache_dir()}",
+                          ToytasksWarning)
+        write_atomically(self.cache_dir() / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))
+
+    def cache_dir(self) -> Path:
+        """Where run.map caches its tables when the run directory is read-only: $TOYTASKS_CACHE, else
+        $XDG_CACHE_HOME/toytasks, else ~/.cache/toytasks; one folder per run (by its absolute path)."""
+        root = os.environ.get("TOYTASKS_CACHE") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "toytasks")
+        key = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:12]
+        return Path(root) / "analysis" / f"{self.config.run_id}-{key}"
 
     @property
     def metrics(self):
@@ -160,21 +203,33 @@ class Run:
         import pandas as pd
 
         path = self.paths.metrics
-        return pd.read_csv(path) if path.exists() else pd.DataFrame({"step": pd.Series([], dtype=int)})
+        return read_frame(path) if path.exists() else pd.DataFrame({"step": pd.Series([], dtype=int)})
 
-    def measure_options(self, name: str):
-        """A measure's options for this run: as configured, or its defaults."""
+    def measure_options(self, name: str, options: dict | None = None):
+        """A measure's options for this run: as configured (or its defaults), with `options` over them."""
         from ..measures import measure_options
 
-        return measure_options(name, self.config.measures.get(name), self.task, self.config.model)
+        return measure_options(name, {**(self.config.measures.get(name) or {}), **(options or {})},
+                               self.task, self.config.model)
 
-    def measure(self, name: str):
-        """A progress measure built for this run (its configured options, or the defaults):
-        `measure(model)` gives its values at one checkpoint, e.g. `run.map(run.measure("heads"), "heads")`."""
+    def measure(self, name: str, options: dict | None = None):
+        """A progress measure built for this run (its configured options, or the defaults, with
+        `options` over them): `measure(model)` gives its values at one checkpoint, e.g.
+        `run.map(run.measure("heads"), "heads")`."""
         from ..measures import MEASURES
 
-        options = self.measure_options(name)
-        return MEASURES[name](options, self.config, self.dataset)
+        measure = MEASURES[name](self.measure_options(name, options), self.config, self.dataset)
+        measure.paths = self.paths  # where it may keep files of its own
+        return measure
+
+    def essential_dynamics(self, n_components: int = 3, n_examples: int = 1024, every: int | None = None,
+                           steps=None, seed: int = 0):
+        """The model's outputs on a fixed batch at each checkpoint, projected on their principal
+        components over training (Hoogland et al. 2024): a DataFrame (step, PC1, PC2, ...), its
+        explained variance in `.attrs`. Draw it with `toytasks.analysis.essential_dynamics.plot_trajectory`."""
+        from .essential_dynamics import essential_dynamics
+
+        return essential_dynamics(self, n_components, n_examples, self.select_steps(every, steps), seed)
 
 
 def load_run(path: str | Path) -> Run:

@@ -13,14 +13,18 @@
 so that, for a weight-decay sweep, the grokking step against weight decay is one line:
 
     load_runs("checkpoints/sweep").summary.plot.scatter(x="optim.weight_decay", y="cleanup_end")
+
+A run that cannot be read (a damaged config.yaml, metrics.csv or meta.json) is left out of the
+tables with one warning naming it and the cause; the other runs' rows stand.
 """
 from __future__ import annotations
 
 import functools
 import glob
+import warnings
 from pathlib import Path
 
-from ..errors import ToytasksError
+from ..errors import ToytasksError, ToytasksWarning, first_line
 from ..layout import RunPaths
 from ..measures import MEASURES, applicable
 from ..phases import milestones
@@ -42,7 +46,20 @@ def load_runs(pattern_or_dir) -> "RunSet":
             found |= _run_dirs(path)
     if not found:
         raise ToytasksError(f"no run directory (holding a config.yaml) found in {pattern_or_dir}")
-    return RunSet(Run(path) for path in sorted(found))
+    runs = []
+    for path in sorted(found):
+        try:
+            runs.append(Run(path))
+        except ToytasksError as error:
+            left_out(path, error)
+    if not runs:
+        raise ToytasksError(f"none of the {len(found)} run directories in {pattern_or_dir} can be read")
+    return RunSet(runs)
+
+
+def left_out(path, error: Exception) -> None:
+    """One warning for a run left out of a table (shown once per run and cause)."""
+    warnings.warn(f"left out {path}: {first_line(error)}", ToytasksWarning)
 
 
 def latest_run(experiment: str, out_dir: str = "checkpoints") -> Path:
@@ -88,14 +105,19 @@ class RunSet:
     def metrics(self):
         import pandas as pd
 
-        tables = [run.metrics.assign(run=str(run.path)) for run in self.runs]
+        tables = [table.assign(run=str(run.path)) for run, table in _readable(self.runs, lambda run: run.metrics)]
+        if not tables:
+            raise ToytasksError(f"none of the {len(self)} runs has a readable metrics table")
         return pd.concat(tables, ignore_index=True).merge(self.configs, on="run", how="left")
 
     @property
     def summary(self):
         import pandas as pd
 
-        return self.configs.merge(pd.DataFrame([_summary(run) for run in self.runs]), on="run")
+        rows = [row for _, row in _readable(self.runs, _summary)]
+        if not rows:
+            raise ToytasksError(f"none of the {len(self)} runs can be summarised")
+        return self.configs.merge(pd.DataFrame(rows), on="run")
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
@@ -121,6 +143,15 @@ def _summary(run: Run) -> dict:
     return row
 
 
+def _readable(runs, read):
+    """(run, read(run)) for each run that can be read; the others are left out with a warning."""
+    for run in runs:
+        try:
+            yield run, read(run)
+        except ToytasksError as error:
+            left_out(run.path, error)
+
+
 def _run_dirs(path: Path) -> set[Path]:
     if RunPaths(path).is_run():
         return {path}
@@ -130,4 +161,8 @@ def _run_dirs(path: Path) -> set[Path]:
 
 def _started(path: Path) -> tuple:
     """meta.json's start time (second resolution), then the directory's modification time."""
-    return read_meta(path).get("started", ""), path.stat().st_mtime
+    try:
+        started = read_meta(path).get("started", "")
+    except ToytasksError:
+        started = ""
+    return str(started), path.stat().st_mtime

@@ -18,6 +18,11 @@ A measure is a class registered with `@register` that declares:
                   evaluation data it built, on the model's device, without a host sync
     after_training(model_at, steps, final_model) -> {step: {metric: float}}
                   values that need the whole series (optional)
+    measure_series(model_at, steps) -> {step: {metric: float}}, or an iterator of (step, row)
+                  every value of a saved series (`toytasks measure`); an iterator's rows are
+                  written as they come, so an interrupted run keeps them (optional)
+    paths         the run directory's RunPaths when built for a saved run (`run.measure(name)`),
+                  where a measure may keep files of its own (`paths.measure_dir(name)`); else None
     summary(options, metrics) -> dict     end-of-run numbers from the metrics table (optional)
     figures(run) -> {file name: Figure}   what `toytasks plot` draws (optional)
 
@@ -57,6 +62,7 @@ class Measure:
     prefixes: ClassVar[tuple[str, ...]] = ()
     summary_file: ClassVar[Optional[str]] = None
     by_default: ClassVar[bool] = True
+    paths = None  # set by run.measure(name) for a saved run
 
     def __init__(self, options, config, dataset=None):
         self.options, self.config, self.task = options, config, config.task

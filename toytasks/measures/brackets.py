@@ -43,6 +43,42 @@ def group_masks(split, max_length: int) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(mask) for name, mask in masks.items() if mask.any()}
 
 
+@torch.no_grad()
+def unbalanced_contributions(model, tokens: torch.Tensor, attention_mask: torch.Tensor,
+                             balanced: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+    """ARENA 1.5.1's logit attribution at position 0: how far each component pushes a string
+    towards "unbalanced" (the seed's `out_by_component_in_unbalanced_dir`).
+
+    The unbalanced direction after the final LayerNorm is W_U[:, 0] - W_U[:, 1]; before it, that
+    direction pulled back through a linear fit of the LayerNorm on these strings (least squares with
+    an intercept, of its output on its input at position 0: the seed's `get_pre_final_ln_dir`; its
+    output is the bridge's `ln_final.hook_out`, the seed's `hook_normalized`, affine included).
+    Each component's output at position 0 (the seed's `get_out_by_components`) is projected on that
+    direction, less its mean over the `balanced` strings.
+
+    tokens, attention_mask [batch, pos]; balanced [batch] bool. Returns ({component: [batch]}, the
+    direction [d_model], the r^2 of the fit). Components in the order they write to the residual
+    stream: `embed` (token and position), `L<l>H<h>` each head, `mlp<l>` each MLP; only the
+    attention output biases b_O are left out (the same for every string).
+    """
+    _, cache = model.run_with_cache(tokens, attention_mask=attention_mask)
+    n_layers = model.cfg.n_layers
+    x = cache["resid_post", n_layers - 1][:, 0].double()  # [batch, d_model]: the final LayerNorm's input
+    y = cache["ln_final.hook_out"][:, 0].double()  # [batch, d_model]: its output
+    inputs = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # [batch, d_model + 1]
+    fit = torch.linalg.lstsq(inputs, y).solution  # [d_model + 1, d_model]
+    r2 = (1 - ((y - inputs @ fit) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)).mean().item()  # sklearn's score
+    direction = fit[:-1] @ (model.W_U[:, 0] - model.W_U[:, 1]).double()  # [d_model]
+    outputs = {"embed": cache["hook_embed"][:, 0] + cache["hook_pos_embed"][:, 0]}  # [batch, d_model]
+    for layer in range(n_layers):
+        heads = torch.einsum("bhd,hdm->hbm", cache["z", layer][:, 0], model.W_O[layer])  # [head, batch, d_model]
+        outputs.update({f"L{layer}H{head}": out for head, out in enumerate(heads)})
+        if not model.cfg.attn_only:
+            outputs[f"mlp{layer}"] = cache["mlp_out", layer][:, 0]
+    contributions = {name: out.double() @ direction for name, out in outputs.items()}  # [batch] each
+    return {name: c - c[balanced].mean() for name, c in contributions.items()}, direction, r2
+
+
 @register
 class BracketMeasures(Measure):
     """Accuracy and logit difference per group, on the stored test split."""

@@ -24,6 +24,9 @@ and toytasks' own, which use each checkpoint's detected key frequencies (none at
     fourier/logit_residual_frac_live_freqs, fourier/embed_gini
 
 phases.json holds the estimated phase boundaries (toytasks/phases.py) and the key frequencies.
+
+The same definitions hold for modular subtraction (`modular_arithmetic` with `op: sub`) with a - b
+in place of a + b; the other operations have no such key directions and are refused.
 """
 from __future__ import annotations
 
@@ -74,8 +77,10 @@ class FourierMeasure(Measure):
     @classmethod
     def why_not(cls, task, model_cfg):
         # The measures read one MLP layer's neurons and W_out W_U directly: the seed's architecture.
-        if task.name != "modular_addition":
-            return f"applies to modular_addition, not {task.name}"
+        # Their definitions hold for a +- b over all p*p pairs (the key directions are cos/sin(w(a+-b))).
+        if _sign(task) is None:
+            what = f"op {task.op}" if task.name == "modular_arithmetic" else task.name
+            return f"applies to modular addition and subtraction (a + b, a - b mod p), not {what}"
         if task.p % 2 == 0:
             return f"needs an odd modulus (sin(p/2) vanishes), got p={task.p}"
         if model_cfg.n_layers != 1 or model_cfg.attn_only or model_cfg.normalization is not None:
@@ -95,10 +100,11 @@ class FourierMeasure(Measure):
         a = torch.arange(p).repeat_interleave(p)
         b = torch.arange(p).repeat(p)
         self.tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)  # [p*p, 3]
-        self.labels = (a + b) % p
+        self.sign = _sign(self.task)  # +1: a + b; -1: a - b
+        self.labels = (a + self.sign * b) % p
         self.train_idx, self.test_idx = self.task.split_indices()
         self.basis = F.fourier_basis(p)
-        self.directions = F.sum_directions(p)
+        self.directions = F.sum_directions(p, sign=self.sign)
         self.fixed_mask = None  # [p//2] bool: the configured key frequencies
         if options.key_freqs:
             self.fixed_mask = torch.zeros(p // 2, dtype=torch.bool)
@@ -121,7 +127,7 @@ class FourierMeasure(Measure):
         key_mask = self.fixed_mask if key_mask is None else key_mask
         logits, cache = model.run_with_cache(self.tokens, names_filter=[NEURON_HOOK, RESID_MID_HOOK])
         parts = _Parts(logits[:, -1], cache[NEURON_HOOK][:, -1], cache[RESID_MID_HOOK][:, -1], model)
-        coefficients, total = F.logit_cos_coefficients(parts.logits, self.p)
+        coefficients, total = F.logit_cos_coefficients(parts.logits, self.p, self.sign)
         values = {}
         if key_mask is not None:
             values.update(self._with_freqs(parts, coefficients, total, key_mask, suffix=""))
@@ -204,6 +210,15 @@ class FourierMeasure(Measure):
         if run.steps:
             figures["embed_fourier_norms.png"] = embedding_fourier_norms(run)
         return figures
+
+
+def _sign(task) -> int | None:
+    """+1 for modular addition, -1 for subtraction, None where the measures do not apply."""
+    if task.name == "modular_addition":
+        return 1
+    if task.name == "modular_arithmetic":
+        return {"add": 1, "sub": -1}.get(task.op)
+    return None
 
 
 def restricted_excluded(metrics, phase_steps: dict):

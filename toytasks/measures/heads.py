@@ -1,13 +1,26 @@
 """Attention-head progress measures on token tensors, for any causal task.
 
 TransformerLens' own head detector needs text and a tokenizer; these scores read the attention
-patterns and the tokens directly. For every head, averaged over a fixed evaluation batch:
+patterns and the tokens directly. For every head, averaged over a fixed evaluation batch, the
+share of attention a query row puts on its target keys:
 
-- prev_token: attention from each position to the one before it;
-- duplicate_token: attention from a token to its earlier occurrences (where it has one);
-- induction: attention from a token to the positions just after its earlier occurrences (the
-  head detector's induction pattern: "the share of attention on the token after the previous
-  occurrence of the current token"), where it has one.
+- prev_token: the position before it;
+- duplicate_token: the earlier occurrences of its token;
+- induction: the positions just after the earlier occurrences of its token (the head
+  detector's induction pattern: "the share of attention on the token after the previous
+  occurrence of the current token").
+
+Two conventions, both logged. `heads/<kind>/L<l>H<h>` (the one toytasks reads: the induction
+onset, `heads/induction_max`, the plots) averages over the query rows that HAVE a target: a
+previous-token score over the n - 1 rows after the first, an induction score over the tokens with
+an earlier occurrence, so a perfect head scores 1 whatever the data. `heads/detector/<kind>/...`
+is TransformerLens' `detect_head` with its defaults (error_measure "mul", no exclusions) on each
+sequence, averaged over the batch as it averages a list of sequences: the attention on the targets
+summed over all rows, divided by the attention summed over all rows (n, one per row), so rows
+without a target count as zeros. The detector score is the toytasks score times the share of
+rows that have a target: (n - 1) / n for previous tokens, and on induction sequences, where only
+some tokens repeat, far less: on configs/induction_cpu.yaml's sequences 6 of 21 rows repeat on
+average, and its best head, 0.98 here, scores 0.28 there).
 
 Plus, for the no-position experiment, the average attention to BOS (position 0) per layer, and
 the in-context-learning score: the mean loss over the last quarter of the scored positions minus
@@ -42,14 +55,17 @@ class HeadsOptions(MeasureOptions):
 
 
 def head_scores(pattern: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """pattern [batch, head, query, key], tokens [batch, pos] -> scores [head] per kind."""
+    """pattern [batch, head, query, key], tokens [batch, pos] -> scores [head] per kind, in both
+    conventions (module docstring): `prev_token`, ... and `detector/prev_token`, ..."""
     n = tokens.shape[1]
     earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)  # key < query
     same = (tokens[:, :, None] == tokens[:, None, :]) & earlier  # [batch, query, key]
     after_same = F.pad(same[:, :, :-1], (1, 0))  # key - 1 is an earlier occurrence of the query's token
-    prev = pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, -1))
-    return {"prev_token": prev, "duplicate_token": _masked_share(pattern, same),
-            "induction": _masked_share(pattern, after_same)}
+    previous = F.pad(torch.eye(n - 1, dtype=torch.bool, device=tokens.device), (0, 1, 1, 0))  # key = query - 1
+    masks = {"prev_token": previous.expand_as(same), "duplicate_token": same, "induction": after_same}
+    scores = {kind: _masked_share(pattern, mask) for kind, mask in masks.items()}
+    scores.update({f"detector/{kind}": detector_score(pattern, mask) for kind, mask in masks.items()})
+    return scores
 
 
 def _masked_share(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,6 +73,29 @@ def _masked_share(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     share = (pattern * mask[:, None]).sum(-1)  # [batch, head, query]
     rows = mask.any(-1)[:, None].expand_as(share)  # [batch, head, query]
     return (share * rows).sum(dim=(0, 2)) / rows.sum(dim=(0, 2)).clamp_min(1)
+
+
+def detector_score(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """TransformerLens' `detect_head` score ("mul", no exclusions), sequence by sequence, averaged
+    over the batch: the attention on the masked keys over the whole pattern's attention."""
+    per_sequence = (pattern * mask[:, None]).sum(dim=(-2, -1)) / pattern.sum(dim=(-2, -1))  # [batch, head]
+    return per_sequence.mean(0)
+
+
+def repeated_sequences(n: int, vocab: int, half: int, generator: torch.Generator) -> torch.Tensor:
+    """Fresh test sequences [n, 2 * half + 1]: BOS, `half` distinct random tokens from 1..vocab-1
+    (as the induction task draws them), the same tokens again."""
+    order = torch.rand(n, vocab - 1, generator=generator, device=generator.device).argsort(dim=1)
+    segment = 1 + order[:, :half]
+    return torch.cat([torch.zeros_like(segment[:, :1]), segment, segment], dim=1)
+
+
+def second_copy_attention(pattern: torch.Tensor, half: int) -> torch.Tensor:
+    """pattern [batch, head, query, key] on `repeated_sequences` -> [head]: the mean attention from
+    each token of the second copy to the token after its first occurrence (that one key only, not
+    the successors of coincidental repeats within the segment)."""
+    query = torch.arange(half + 1, 2 * half + 1, device=pattern.device)  # the second copy
+    return pattern[:, :, query, query - half + 1].mean(dim=(0, 2))
 
 
 def icl_score(per_token_loss: torch.Tensor, positions: list[int]) -> torch.Tensor:

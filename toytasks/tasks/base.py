@@ -66,6 +66,12 @@ class Task:
         """Finite tasks: the number of training examples (known without building the data)."""
         raise NotImplementedError(f"{self.name} is not a finite task")
 
+    @property
+    def n_examples(self) -> int:
+        """Finite tasks: the number of examples in both splits (known without building them; used
+        to refuse a data set too large for the machine). By default the training split's, a lower bound."""
+        return self.n_train
+
     def make_dataset(self):
         """Finite tasks: the whole enumeration, split, as a `datasets.DatasetDict`."""
         raise NotImplementedError(f"{self.name} is not a finite task")

@@ -9,14 +9,19 @@ attention (`attention_mask`), so nothing stored in padded positions can reach th
                               attention_mask  [1, 1, 1, 1, 1, 1, 0, 0]
                               targets         [1, -100, -100, -100, -100, -100, -100, -100]
 
-The elevation of a string is its running count of `(` minus `)`. A string is balanced when the
-elevation never drops below zero and ends at zero; the failure kinds are
-  total     ends above zero, never below it             `(()(`, `((`
-  negative  ends at zero, but drops below it somewhere  `())(`, `)(`
-  both      does both; every string with more `)` than `(` is here, because its
-            elevation ends below zero                   `))`, `)((((`
-A near-miss is one step from balanced: `total` ending at 2, `negative` dropping only to -1
-(a `)(` put into a balanced string where its elevation is zero), `both` ending at +-2.
+The failure kinds are the seed's, read the way its model reads a string: right to left (ARENA's
+`is_balanced_vectorized_return_both`). The elevation at a position is the count of `)` minus the
+count of `(` from there to the end (the seed's "elevation for each suffix seq[i:]"). A string is
+balanced when its elevation never drops below zero and is zero for the whole string; otherwise:
+  total     more `)` than `(`, never below zero        `))`, `)())`   seed: "just total elevation failure"
+  negative  as many `(` as `)`, below zero somewhere   `)(`, `())(`   seed: "just neg failure"
+  both      both; every string with more `(` than `)`  `((`, `(()(`   seed: "both failures"
+            is here (its elevation ends below zero)
+With as many `(` as `)`, the elevation at a position equals the left-to-right count of `(` minus
+`)` before it, so `balanced` and `negative` are the same read either way; `total` and `both` are
+not (read left to right, `(()(` would be a total failure and `))` both). A near-miss is one step
+from balanced: `total` ending at 2, `negative` dropping only to -1 (a `)(` put into a balanced
+string where its elevation is zero), `both` ending at +-2.
 
 The data: only even lengths (odd lengths would give the answer away), half balanced by default,
 the unbalanced split evenly over the three kinds and, within each kind, half near-misses. Within
@@ -46,10 +51,10 @@ KINDS = ("balanced", "total", "negative", "both")
 
 # --- the reference checker (plain Python, independent of the generator) -----------------------
 def failure_kind(string: str) -> str:
-    """`balanced`, `total`, `negative` or `both` (see the module docstring)."""
+    """`balanced`, `total`, `negative` or `both`, read right to left (see the module docstring)."""
     elevation, dipped = 0, False
-    for char in string:
-        elevation += 1 if char == "(" else -1
+    for char in reversed(string):
+        elevation += 1 if char == ")" else -1
         dipped |= elevation < 0
     if not dipped:
         return "balanced" if elevation == 0 else "total"
@@ -61,7 +66,9 @@ def is_balanced(string: str) -> bool:
 
 
 # --- groups of strings, as conditions on the final elevation and the lowest elevation --------
-# The lowest elevation is tracked as a state: 0 = never below zero, 1 = lowest is -1, 2 = lower.
+# A path is the elevation read as the kinds are (right to left, `)` up); its last value is the
+# elevation of the whole string. The lowest elevation is tracked as a state: 0 = never below
+# zero, 1 = lowest is -1, 2 = lower.
 GROUPS = {  # name: (kind, near_miss, accepts(final, low_state))
     "balanced": ("balanced", False, lambda h, m: (h == 0) & (m == 0)),
     "total/near": ("total", True, lambda h, m: (h == 2) & (m == 0)),
@@ -98,7 +105,7 @@ class PathCounter:
         return int(self.counts[0, self.n, 0])
 
     def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
-        """`count` strings as steps [count, n] of +1 (`(`) and -1 (`)`), uniform over the group."""
+        """`count` paths as steps [count, n] of +1 and -1, uniform over the group (`_to_strings`)."""
         h, m = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
         steps = np.empty((count, self.n), dtype=np.int8)
         for i in range(self.n):
@@ -116,7 +123,8 @@ def _low_state(h, m):
 
 
 def _to_strings(steps: np.ndarray) -> list[str]:
-    chars = np.where(steps > 0, ord("("), ord(")")).astype(np.uint8)
+    """The strings of paths [count, n]: a path is read right to left and goes up on a `)`."""
+    chars = np.where(steps[:, ::-1] > 0, ord(")"), ord("(")).astype(np.uint8)
     return [row.tobytes().decode() for row in chars]
 
 
@@ -205,6 +213,10 @@ class Brackets(Task):
     def n_train(self) -> int:
         return sum(train for train, _ in self._splits.values())
 
+    @property
+    def n_examples(self) -> int:
+        return self.size
+
     def counters(self, group: str) -> list[PathCounter]:
         accepts = GROUPS[group][2]
         return [_counter(n, accepts) for n in self.lengths]
@@ -263,7 +275,8 @@ class Brackets(Task):
 
 
 def max_depth(string: str) -> int:
-    """The highest elevation of a string (its nesting depth when balanced)."""
+    """The deepest nesting, read left to right: the most `(` left open at once (the highest
+    elevation when the string is balanced, where both readings agree)."""
     steps = np.where(np.frombuffer(string.encode(), dtype=np.uint8) == ord("("), 1, -1)
     return int(max(0, np.cumsum(steps).max())) if string else 0
 

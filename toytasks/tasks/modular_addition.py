@@ -58,6 +58,10 @@ class ModularAddition(Task):
     def n_train(self) -> int:
         return int(self.p * self.p * self.frac_train)
 
+    @property
+    def n_examples(self) -> int:
+        return self.p * self.p
+
     def split_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices (a * p + b) of the train and test pairs, in the seed's order."""
         generator = torch.Generator().manual_seed(self.data_seed)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from .. import interrupts
+from ..interrupts import Interrupted, signal_name
 from ..model import build_model
 from ..storage import load_weights, save_weights, write_json
 
@@ -30,14 +32,29 @@ class SeriesCallback(L.Callback):
 
 
 class ResumableCheckpoint(L.Callback):
-    """Weights, optimizer, schedule and data-generator state every `resume_every` steps and at the
-    end (one file per run: checkpoint_io.py)."""
+    """Weights, optimizer, schedule and data-generator state (one file per run: checkpoint_io.py)
+    every `resume_every` steps, and at the end of the step in which a Ctrl-C or SIGTERM arrives,
+    which then stops the run. The last one is written after the last step, once every other file
+    of the run is (training/__init__.py): a last.ckpt at max_steps means the run is complete."""
+
+    def on_train_start(self, trainer, module) -> None:
+        if trainer.world_size == 1:  # with DDP a signal stops every process at once (no checkpoint)
+            interrupts.defer()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step, config = trainer.global_step, module.config
-        if step % config.checkpoints.resume_every == 0 or step == config.max_steps:
+        signum = interrupts.pending()
+        if step == config.max_steps:  # what follows, the end of the run, may stop anywhere
+            interrupts.stop_deferring()
+            if signum is not None:
+                raise Interrupted(signum, f"interrupted by {signal_name(signum)} at the last step ({step}), "
+                                          "before the run's end was written")
+        elif step % config.checkpoints.resume_every == 0 or signum is not None:
             module.raise_if_nonfinite()
             trainer.save_checkpoint(module.members[0].paths.resumable)  # every DDP process takes part
+            if signum is not None:
+                raise Interrupted(signum, f"interrupted by {signal_name(signum)} at step {step}, "
+                                          "where a resumable checkpoint was saved")
 
 
 class MeasuresCallback(L.Callback):

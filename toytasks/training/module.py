@@ -22,6 +22,7 @@ import torch
 from ..data import Batch, RunBatches, TrainBatches, held_out_batch, stream_seed
 from ..errors import NonFiniteLoss
 from ..groups import optimizers_differ
+from ..interventions import Interventions
 from ..optim import RunsAdamW, clip_scales, optimizer_and_schedule, runs_optimizer_and_schedule
 from ..tasks import batch_from_split
 from ..tasks.base import BATCH_KEYS
@@ -37,6 +38,7 @@ class ToyTaskModule(L.LightningModule):
         self.members = members
         self.config, self.task = members[0].config, members[0].config.task
         self.runs = replicas.of(members)
+        self.interventions = Interventions(self.config.optim, self.runs)  # Grokfast, ⊥Grad, fixed norm
         self.series_steps = members[0].series_steps
         # The splits of a finite task, moved to the device with the module (see on_fit_start); a
         # full batch is the same for every run: passed once, unbatched.
@@ -116,14 +118,20 @@ class ToyTaskModule(L.LightningModule):
         return None  # Lightning skips the backward pass and the optimizer step
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Clip each run's gradient by its own norm (what clip_grad_norm_ does for one run); eagerly
-        for a captured step too, between its two graphs (see captured.py)."""
+        """The gradient interventions, then clip each run's gradient by its own norm (what
+        clip_grad_norm_ does for one run); eagerly for a captured step too, between its two graphs
+        (see captured.py)."""
+        self.interventions.on_gradients(self.runs)
         clip = self.config.optim.grad_clip
         if clip is None:
             return
         grads = [self.runs.run_grads(i) for i in range(len(self.members))]
         if all(grads):  # none after a skipped step
             self.runs.scale_grads(clip_scales(grads, clip))
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        optimizer.step(closure=optimizer_closure)  # Lightning's own, then what must follow it at once
+        self.interventions.after_step(self.runs)
 
     def raise_if_nonfinite(self) -> None:
         """Called before any checkpoint or metrics are written (a host sync, but only then)."""
@@ -222,6 +230,10 @@ class ToyTaskModule(L.LightningModule):
         self.flush_metrics(save=True)  # the tables on disk always match the resumable checkpoint
         if self.batches is not None:
             checkpoint["toytasks_batches"] = self.batches.state_dict()
+        state = self.interventions.state_dict()
+        if state:  # only with an intervention that keeps state: other runs' checkpoints are as before
+            checkpoint[replicas.PER_RUN_STATE] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resume_batches = checkpoint.get("toytasks_batches")
+        self.interventions.load_state_dict(checkpoint.get(replicas.PER_RUN_STATE, {}))

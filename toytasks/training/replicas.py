@@ -4,6 +4,7 @@ The LightningModule (module.py) is written once for both, against this small int
 
     score(batch, shared)   each run's loss and accuracy, [runs] each
     trainable()            the parameters the optimizer steps
+    per_run(t)             one of them (or its gradient) viewed as [runs, n], a row per run
     run_weights(i)         run i's parameters, in its model's order (for the weight norm)
     run_grads(i)           run i's gradients (for clipping by its own norm)
     scale_grads(scales)    multiply run i's gradients by scales[i]
@@ -24,13 +25,16 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch.func import functional_call, vmap
 
-from ..loss import loss_and_accuracy
+from ..loss import loss_function
 from ..model import trainable_parameters
 
 if TYPE_CHECKING:
     from .members import Member
 
 PREFIX = "runs."  # where the LightningModule holds these (`self.runs`); its state-dict keys start so
+# A checkpoint entry of nested dicts and lists whose tensors are all per run ([run, ...] stacked):
+# the interventions' state (toytasks/interventions/), split and stacked like the weights.
+PER_RUN_STATE = "toytasks_interventions"
 
 
 def of(members: list["Member"]) -> "OneRun | StackedRuns":
@@ -42,16 +46,20 @@ class OneRun(torch.nn.Module):
         super().__init__()
         self.model = member.model  # registered: moved to the device and checkpointed with the module
         self.positions = member.config.task.scored_positions
+        self.loss = loss_function(member.config.loss, member.config.loss_dtype)
         self._trainable = trainable_parameters(self.model)
         self._weights: Optional[list[torch.Tensor]] = None
 
     def score(self, batch: dict, shared: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model.original_model(batch["tokens"], attention_mask=batch.get("attention_mask"))
-        loss, accuracy = loss_and_accuracy(logits[:, self.positions], batch["targets"][:, self.positions])
+        loss, accuracy = self.loss(logits[:, self.positions], batch["targets"][:, self.positions])
         return loss[None], accuracy[None]
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return self._trainable
+
+    def per_run(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view(1, -1)
 
     def run_weights(self, i: int) -> list[torch.Tensor]:
         if self._weights is None:  # collected once, after the move to the device
@@ -92,6 +100,7 @@ class StackedRuns(torch.nn.Module):
         self.order = [index[id(p)] for p in members[0].model.parameters()]
         self.trained = [index[id(p)] for p in trainable_parameters(members[0].model)]
         self.native_buffers: dict[str, torch.Tensor] = {}
+        self.loss = loss_function(members[0].config.loss, members[0].config.loss_dtype)
 
     def logits(self, tokens: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                shared: bool = False) -> torch.Tensor:
@@ -112,10 +121,13 @@ class StackedRuns(torch.nn.Module):
         positions = self.members[0].config.task.scored_positions
         logits = self.logits(batch["tokens"], batch.get("attention_mask"), shared=shared)[:, :, positions]
         targets = batch["targets"][..., positions]
-        return vmap(loss_and_accuracy, in_dims=(0, None if shared else 0))(logits, targets)
+        return vmap(self.loss, in_dims=(0, None if shared else 0))(logits, targets)
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [self.stacked[j] for j in self.trained]
+
+    def per_run(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view(tensor.shape[0], -1)
 
     def run_weights(self, i: int) -> list[torch.Tensor]:
         return [self.stacked[j].detach()[i] for j in self.order]
@@ -148,6 +160,8 @@ class StackedRuns(torch.nn.Module):
         part["optimizer_states"] = [_map_state(s, lambda t: t[i]) for s in checkpoint["optimizer_states"]]
         if "toytasks_batches" in checkpoint:
             part["toytasks_batches"] = _one_stream(checkpoint["toytasks_batches"], i)
+        if PER_RUN_STATE in checkpoint:
+            part[PER_RUN_STATE] = _map_tensors(checkpoint[PER_RUN_STATE], lambda t: t[i])
         part["loops"] = _with_loader_state(checkpoint["loops"], lambda state: _one_stream(state, i))
         return part
 
@@ -163,6 +177,8 @@ class StackedRuns(torch.nn.Module):
             _stack_states([p["optimizer_states"][k] for p in parts]) for k in range(len(parts[0]["optimizer_states"]))]
         if "toytasks_batches" in parts[0]:
             checkpoint["toytasks_batches"] = _all_streams([p["toytasks_batches"] for p in parts])
+        if PER_RUN_STATE in parts[0]:
+            checkpoint[PER_RUN_STATE] = _stack_tensors([p[PER_RUN_STATE] for p in parts])
         loaders = [_loader_state(p["loops"]) for p in parts]
         checkpoint["loops"] = _with_loader_state(parts[0]["loops"], lambda _: _all_streams(loaders))
         return checkpoint
@@ -198,6 +214,25 @@ def _stack_states(states: list[dict]) -> dict:
     return {"state": {k: {n: torch.stack([s["state"][k][n] for s in states]) if torch.is_tensor(v) and v.dim() > 0 else v
                           for n, v in first["state"][k].items()} for k in first["state"]},
             "param_groups": first["param_groups"]}
+
+
+def _map_tensors(tree, fn):
+    """`tree` (nested dicts and lists) with `fn` applied to every tensor in it."""
+    if isinstance(tree, dict):
+        return {k: _map_tensors(v, fn) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_map_tensors(v, fn) for v in tree]
+    return fn(tree) if torch.is_tensor(tree) else tree
+
+
+def _stack_tensors(trees: list):
+    """The inverse of slicing run by run: the runs' trees of tensors stacked into one."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _stack_tensors([t[k] for t in trees]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return [_stack_tensors([t[k] for t in trees]) for k in range(len(first))]
+    return torch.stack(trees) if torch.is_tensor(first) else first
 
 
 def _loader_state(loops: dict):
