@@ -5,6 +5,7 @@
     .venv/bin/python scripts/bench.py --steps 2000 --reps 5 --out bench.json
     .venv/bin/python scripts/bench.py --full               # the full run: strict fp32, then TF32
     .venv/bin/python scripts/bench.py --full --settings eager=trainer.capture=off --full-steps 2000
+    .venv/bin/python scripts/bench.py --full --keep runs/   # and keep each setting's metrics, phases and plots
 
 Each repetition runs the seed's loop (../shared/peer/seed_grokking_loop.py, as it stands) and
 toytasks (`configs/grokking.yaml`: test loss every step, a checkpoint every 100 steps, the Fourier
@@ -114,6 +115,14 @@ def run_full(args) -> dict:
         meta = json.loads((run_dir / "meta.json").read_text())
         phases_path = run_dir / "phases.json"
         phases = json.loads(phases_path.read_text()) if phases_path.exists() else {}
+        if args.keep:  # its small files (no series, no checkpoint), to look at after the run
+            import tarfile
+
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            with tarfile.open(Path(args.keep) / f"{args.name}.tar.gz", "w:gz") as tar:
+                for name in ("metrics.csv", "phases.json", "meta.json", "config.yaml", "plots"):
+                    if (run_dir / name).exists():
+                        tar.add(run_dir / name, arcname=name)
     last = metrics.dropna(subset=["val/loss"]).iloc[-1]
     return {"training_seconds": clock.seconds,  # run_fresh adds the whole process's seconds
             "steps": config.max_steps, "steps_per_s": config.max_steps / clock.seconds,
@@ -131,7 +140,8 @@ def full_runs(args) -> None:
     results = {}
     for setting in args.settings:
         name, _, overrides = setting.partition("=")
-        flags = [f"--config={args.config}", f"--full-steps={args.full_steps}",
+        flags = [f"--config={args.config}", f"--full-steps={args.full_steps}", f"--name={name}",
+                 *([f"--keep={args.keep}"] if args.keep else []),
                  *[o for o in overrides.split(",") if o], *args.overrides]
         results[name] = result = run_fresh(__file__, "full", flags)
         print(f"{name:>8}: {result['training_seconds']:7.1f} s of training with measures ({result['steps_per_s']:.0f} "
@@ -181,6 +191,8 @@ def main() -> None:
     ap.add_argument("--full-steps", type=int, default=0, help="with --full: this many steps instead of all")
     ap.add_argument("--settings", nargs="+", default=["fp32=", "tf32=matmul_precision=high"],
                     help="with --full: NAME=override,override for each run (default: strict fp32, then TF32)")
+    ap.add_argument("--keep", help="with --full: keep each setting's metrics, phases and plots in KEEP/NAME.tar.gz")
+    ap.add_argument("--name", default="full", help=argparse.SUPPRESS)
     ap.add_argument("--inner", choices=["peer", "toytasks", "full"], help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra toytasks overrides, e.g. eval_every=10")
     args = ap.parse_args()
