@@ -19,6 +19,12 @@
 #   grid       a 32-run grid (learning rate x weight decay x seed) as one stacked run against the
 #              32 runs in sequence, 200 steps each
 #   paths      2,000 steps of the full run, captured and eager: which step is faster
+# and two parts run only when named:
+#   sweep      issue 16's configs/sweeps/grokking_interventions.yaml (42 runs) with --vmap, its six
+#              groups at once; the runs' small files come back as sweep.tar.gz (for `toytasks plot`)
+#   precision  the full run in TF32, and in fp32 without its measures, side by side (two processes,
+#              each on its own CPU core; the GPU is mostly idle): what TF32 does to time and phases,
+#              and the measures' share of the fp32 run's time (against the `full` part's fp32 run)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -65,7 +71,14 @@ for p in $parts; do
                   --out "$OUT/seed.json" ;;
         grid) part grid 120 "$PYTHON" scripts/bench_ensemble.py --grid --seeds 32 --steps 200 --reps 1 \
                   --out "$OUT/grid.json" ;;
-        *) echo "unknown part $p (preflight tests full paths seed grid)"; exit 2 ;;
+        sweep) part sweep 120 "$PYTHON" -m toytasks.cli sweep configs/sweeps/grokking_interventions.yaml --vmap -j 6 \
+                   out_dir=/tmp/sweep
+               (cd /tmp/sweep && find . -name series -prune -o -type f ! -name '*.ckpt' ! -path '*/tb/*' -print \
+                   | tar czf "$OUT/sweep.tar.gz" -T -) ;;
+        precision) part precision 120 bash -c "\"$PYTHON\" scripts/bench.py --full --settings tf32=matmul_precision=high \
+                       --out $OUT/full_tf32.json & \"$PYTHON\" scripts/bench.py --full \
+                       --settings fp32_no_measures=measures.fourier=null --out $OUT/full_no_measures.json & wait" ;;
+        *) echo "unknown part $p (preflight tests full seed grid paths sweep precision)"; exit 2 ;;
     esac
 done
 echo "=== results in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -13,6 +13,10 @@ def main(out: Path) -> None:
         return json.loads(path.read_text()) if path.exists() else None
 
     full, paths, seed, grid = load("full.json"), load("paths.json"), load("seed.json"), load("grid.json")
+    for extra in (load("full_tf32.json"), load("full_no_measures.json")):  # the `precision` part's runs
+        if extra:
+            full = full or {**extra, "settings": {}}
+            full["settings"].update(extra["settings"])
     for title, data in (("the full run", full), ("captured against eager", paths)):
         if data:
             steps = {r["steps"] for r in data["settings"].values()}

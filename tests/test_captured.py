@@ -120,6 +120,24 @@ def test_unrecorded_captured_step_is_the_eager_step(tmp_path, static_step_on_cpu
     assert_same_run(run_dir, eager, exact=True)
 
 
+@pytest.mark.parametrize("intervention", [
+    ["optim.grokfast={filter: ema, alpha: 0.9, lamb: 2.0}"], ["optim.grokfast={filter: ma, window: 5, lamb: 5.0}"],
+    ["optim.orthograd=true", "optim.weight_decay=0"], ["loss=stablemax", "optim.weight_decay=0"],
+    ["optim.fixed_weight_norm=true", "optim.weight_decay=0"], ["loss_dtype=float32"]],
+    ids=["grokfast_ema", "grokfast_ma", "orthograd", "stablemax", "fixed_norm", "float32_loss"])
+def test_unrecorded_captured_step_with_each_intervention_is_the_eager_step(tmp_path, static_step_on_cpu, monkeypatch,
+                                                                         intervention):
+    """The interventions act where the captured step leaves room for them (between its graphs,
+    after its update, in the loss it records): the same run as the eager step, bit for bit."""
+    config = load_config(GROKKING, [*TINY_GROKKING, *intervention, "max_steps=30",
+                                    f"out_dir={tmp_path / 'captured'}", CPU])
+    run_dir = train(config, progress=False)
+    assert static_step_on_cpu == list(range(30))
+    monkeypatch.setattr(captured, "CAPTURE_DEVICES", ("cuda",))
+    eager = train(dataclasses.replace(config, out_dir=str(tmp_path / "eager")), progress=False)
+    assert_same_run(run_dir, eager, exact=True)
+
+
 def test_unrecorded_captured_grid_is_the_eager_grid(tmp_path, static_step_on_cpu, monkeypatch):
     run_dirs = train_members(on_the_cpu(grid_configs("induction", tmp_path / "captured")), progress=False)
     assert static_step_on_cpu == list(range(30))

@@ -164,6 +164,16 @@ def read_meta(run_dir: Path) -> dict:
     return meta
 
 
+def _installed_version(package: str) -> str:
+    """The installed version, or "not installed" (a source checkout on the PYTHONPATH)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def write_meta(run_dir: Path, config: Config, **fields) -> dict:
     """Merge `fields` into meta.json, with the versions, git sha and run identity."""
     from importlib.metadata import version
@@ -171,7 +181,7 @@ def write_meta(run_dir: Path, config: Config, **fields) -> dict:
     meta = read_meta(run_dir)
     meta.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
     meta.update(
-        versions={"toytasks": version("toytasks"), "torch": torch.__version__, "lightning": version("lightning"),
+        versions={"toytasks": _installed_version("toytasks"), "torch": torch.__version__, "lightning": version("lightning"),
                   "transformer_lens": version("transformer-lens"), "python": platform.python_version()},
         git_sha=_git_sha(), run_id=config.run_id, experiment=config.experiment, **fields,
     )
