@@ -71,7 +71,7 @@ for p in $parts; do
                   --out "$OUT/seed.json" ;;
         grid) part grid 120 "$PYTHON" scripts/bench_ensemble.py --grid --seeds 32 --steps 200 --reps 1 \
                   --out "$OUT/grid.json" ;;
-        sweep) part sweep 120 "$PYTHON" -m toytasks.cli sweep configs/sweeps/grokking_interventions.yaml --vmap -j 6 \
+        sweep) part sweep 100 "$PYTHON" -m toytasks.cli sweep configs/sweeps/grokking_interventions.yaml --vmap -j 6 \
                    out_dir=/tmp/sweep
                (cd /tmp/sweep && find . -name series -prune -o -type f ! -name '*.ckpt' ! -path '*/tb/*' -print \
                    | tar czf "$OUT/sweep.tar.gz" -T -) ;;

@@ -28,10 +28,13 @@ def test_gpu_run_replays_on_the_cpu(tmp_path):
 
 
 # --- the captured step (trainer.capture) -----------------------------------------------------------
-# NOT YET RUN ON A GPU: written on a machine without one. The first GPU session runs these
-# (scripts/gpu_check.sh), reads the printed differences and sets CAPTURED_VS_EAGER from them.
-
-CAPTURED_VS_EAGER = 1e-3  # PROVISIONAL largest relative loss difference, captured vs eager, over TINY's steps
+# Measured on an NVIDIA H200 (torch 2.11, CUDA 13; scripts/gpu_check.sh): the captured step equals
+# itself unrecorded bit for bit; against the eager step (torch's foreach AdamW: other kernels) the
+# largest relative loss difference over TINY's steps was 6.3e-9 (full batch) and 4.3e-9 (clipped
+# mini-batches, warmup); a captured grid run against its eager single run 6.4e-9, 4.4e-8 and
+# 4.9e-6 (the run without weight decay, whose losses are smallest). The bounds sit above them.
+CAPTURED_VS_EAGER = 1e-7  # largest relative loss difference, captured vs eager, over TINY's steps
+CAPTURED_GRID_VS_SINGLE = 2e-5  # the same for each run of a captured grid against its single run
 TINY = ["task.p=17", "max_steps=50", "checkpoints.every=10", "model.d_model=32", "model.d_head=8", "model.d_mlp=64",
         "log_every=7"]
 
@@ -83,4 +86,4 @@ def test_captured_grid_matches_its_runs(tmp_path):
                                                                "trainer.capture=off"]), progress=False)
         difference = _largest_relative_difference(_losses(run_dir), _losses(single))
         print(f"\ncaptured grid run {point} vs its eager single run: largest relative loss difference {difference:.3g}")
-        assert difference <= CAPTURED_VS_EAGER
+        assert difference <= CAPTURED_GRID_VS_SINGLE
