@@ -35,6 +35,7 @@ from ..measures import MEASURES, check_measures
 from ..metrics_table import read_rows
 from ..resources import check_fits
 from ..storage import RunLock, load_or_make_dataset, prepare_run_dir, read_meta, resumable_step, write_meta
+from . import captured
 from .callbacks import MeasuresCallback, ResumableCheckpoint, SeriesCallback, StepProgressBar
 from .checkpoint_io import RunsCheckpointIO, settle_resumable
 from .members import Member
@@ -127,8 +128,12 @@ def _fit(configs: list[Config], run_dirs: list[Path], resume: bool, progress: bo
     if len(configs) > 1:  # a seed ensemble names its seeds, a grid its runs
         together = {"grid": [c.run_id for c in configs]} if differing_beyond_seeds(configs) else \
             {"ensemble": [c.seed for c in configs]}
-    metas = [write_meta(m.paths.root, m.config, device=str(trainer.strategy.root_device), finished=False, **together)
-             if writer else {} for m in members]
+    # Whether the step is recorded as CUDA graphs, written now: a run stopped after its last.ckpt
+    # is finished by the early return above, which does not know it.
+    device = trainer.strategy.root_device
+    recorded = captured.use_capture(config, device) and captured.recorded_on(device)
+    metas = [write_meta(m.paths.root, m.config, device=str(device), finished=False,
+                        captured_step=recorded, **together) if writer else {} for m in members]
     started, precision = time.time(), torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(config.matmul_precision)
     try:
@@ -157,8 +162,7 @@ def _fit(configs: list[Config], run_dirs: list[Path], resume: bool, progress: bo
         wall = time.time() - started
         for member, meta in zip(members, metas):
             write_meta(member.paths.root, member.config, finished=True, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       wall_seconds=round(meta.get("wall_seconds", 0.0) + wall, 2),
-                       captured_step=module.captured is not None and module.captured.record)
+                       wall_seconds=round(meta.get("wall_seconds", 0.0) + wall, 2))
 
 
 def _start_step(run_dirs: list[Path], resume: bool, writer: bool = True) -> int:

@@ -55,6 +55,11 @@ def why_not_capture(config: Config, device: torch.device) -> Optional[str]:
     return None
 
 
+def recorded_on(device: torch.device) -> bool:
+    """Does a captured step on `device` record CUDA graphs (rather than run its functions unrecorded)?"""
+    return RECORD and device.type == "cuda"
+
+
 def use_capture(config: Config, device: torch.device) -> bool:
     """`auto`: capture where it can be done; `on`: capture, or a one-line error saying why not."""
     mode = config.trainer.capture_mode
@@ -138,7 +143,7 @@ class CapturedStep:
 
     def __init__(self, module: "ToyTaskModule"):
         self.module, self.runs = module, module.runs
-        self.record = RECORD and module.device.type == "cuda"
+        self.record = recorded_on(module.device)
         runs, capacity, device = len(module.members), module.config.log_every + 2, module.device
         self.step = torch.zeros((), dtype=torch.long, device=device)  # updates applied, on the device
         self.train_metrics = MetricRing(("train/loss", "train/acc"), runs, capacity, device)
