@@ -25,6 +25,10 @@
 #   precision  the full run in TF32, and in fp32 without its measures, side by side (two processes,
 #              each on its own CPU core; the GPU is mostly idle): what TF32 does to time and phases,
 #              and the measures' share of the fp32 run's time (against the `full` part's fp32 run)
+# Seen on an H200 (2026-11): preflight 20 s; tests 34 s; each full run about 96 s as a process, so
+# `full` fits one setting in its limit; one seed repetition about 60 s; grid 92 s; sweep 60 s; two
+# GPU processes side by side slow each other down badly (time them alone). Raise a limit only
+# with the device time to pay for it: a session has 15 minutes, the machine's start included.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
