@@ -57,24 +57,40 @@ def run_peer(args) -> dict:
             "test_loss": float(fields["test_loss"]), "peak_memory_mb": peak_memory_mb()}
 
 
-def run_toytasks(args) -> dict:
-    """In this process: toytasks on configs/grokking.yaml, timed from the first step to the end."""
+def make_clock(until: str):
+    """A Lightning callback timing from the first step to the end of training (`until="train"`)
+    or of fit (`"fit"`: after the end-of-run measures too); its `seconds` add up over fits."""
     import lightning as L
 
-    sys.path.insert(0, str(ROOT))
-    from toytasks.config import load_config
-    from toytasks.training import train
-
     class Clock(L.Callback):
+        seconds = 0.0
+
         def on_train_start(self, trainer, pl_module):
             _sync(pl_module.device)
             self.start = time.perf_counter()
 
-        def on_train_end(self, trainer, pl_module):
+        def _stop(self, pl_module):
             _sync(pl_module.device)
-            self.seconds = time.perf_counter() - self.start
+            self.seconds += time.perf_counter() - self.start
 
-    clock = Clock()
+        def on_train_end(self, trainer, pl_module):
+            if until == "train":
+                self._stop(pl_module)
+
+        def on_fit_end(self, trainer, pl_module):
+            if until == "fit":
+                self._stop(pl_module)
+
+    return Clock()
+
+
+def run_toytasks(args) -> dict:
+    """In this process: toytasks on configs/grokking.yaml, timed from the first step to the end."""
+    sys.path.insert(0, str(ROOT))
+    from toytasks.config import load_config
+    from toytasks.training import train
+
+    clock = make_clock(until="train")
     with tempfile.TemporaryDirectory() as out_dir:
         config = load_config(args.config, [f"task.p={args.p}", f"max_steps={args.steps}", f"out_dir={out_dir}",
                                            *args.overrides])
@@ -89,22 +105,11 @@ def run_toytasks(args) -> dict:
 def run_full(args) -> dict:
     """In this process: the full configs/grokking.yaml run (or --full-steps of it) with its measures,
     timed from the first step until training and the end-of-run measures are done."""
-    import lightning as L
-
     sys.path.insert(0, str(ROOT))
     from toytasks.config import load_config
     from toytasks.training import train
 
-    class Clock(L.Callback):
-        def on_train_start(self, trainer, pl_module):
-            _sync(pl_module.device)
-            self.start = time.perf_counter()
-
-        def on_fit_end(self, trainer, pl_module):
-            _sync(pl_module.device)
-            self.seconds = time.perf_counter() - self.start
-
-    clock = Clock()
+    clock = make_clock(until="fit")
     with tempfile.TemporaryDirectory() as out_dir:
         steps = [f"max_steps={args.full_steps}"] if args.full_steps else []
         config = load_config(args.config, [*steps, f"out_dir={out_dir}", *args.overrides])

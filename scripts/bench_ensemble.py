@@ -23,31 +23,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import _sync, peak_memory_mb, run_fresh  # noqa: E402  (scripts/bench.py)
-
-
-def clock():
-    import lightning as L
-
-    class Clock(L.Callback):
-        """From the first step to the end of fit (after every measure's end-of-run work)."""
-        seconds = 0.0
-
-        def on_train_start(self, trainer, pl_module):
-            _sync(pl_module.device)
-            self.start = time.perf_counter()
-
-        def on_fit_end(self, trainer, pl_module):
-            _sync(pl_module.device)
-            self.seconds += time.perf_counter() - self.start
-
-    return Clock()
+from bench import make_clock, peak_memory_mb, run_fresh  # noqa: E402  (scripts/bench.py)
 
 
 def grid_points(n: int) -> list[list[str]]:
@@ -64,7 +45,7 @@ def run_side(args) -> dict:
     from toytasks.training import train, train_members
 
     points = grid_points(args.seeds) if args.grid else [[f"seed={seed}"] for seed in range(args.seeds)]
-    timer = clock()
+    timer = make_clock(until="fit")
     with tempfile.TemporaryDirectory() as out_dir:
         overrides = [f"max_steps={args.steps}", f"out_dir={out_dir}", f"trainer.accelerator={args.device}",
                      *args.overrides]
